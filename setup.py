@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 # with cp38 aarch64 wheels are aiohttp 3.10.11, numpy 1.24.4, lmdb 1.8.1,
 # opencv-python-headless 4.14.0.94 and onnxruntime 1.19.2.
 INSTALL_REQUIRES = [
-    "aiohttp>=3.8,<4",
+    "aiohttp>=3.9,<4",  # web.AppKey
     "numpy>=1.21,<2; python_version<'3.9'",
     "numpy>=1.21; python_version>='3.9'",
     "opencv-python-headless>=4.8,<5",

@@ -29,8 +29,8 @@ def _open_onnx(model_path: str, spec: Any, options: BackendOptions) -> Backend:
 def _open_sail(model_path: str, spec: Any, options: BackendOptions) -> Backend:
     from .sail import SailBackend
 
-    return SailBackend(model_path, tpu_id=options.tpu_id, graph=getattr(spec, "graph", None),
-                       sail_module=options.sail_module)
+    return SailBackend(model_path, tpu_id=options.tpu_id, graph=spec.graph,
+                       batch_sizes=tuple(spec.batch_sizes), sail_module=options.sail_module)
 
 
 OPENERS: Dict[str, Callable[[str, Any, BackendOptions], Backend]] = {

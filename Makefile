@@ -1,0 +1,35 @@
+# sophon-face: `make run` serves the API on the embedded defaults; `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+
+.PHONY: install run test check bench clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[cpu,test,bench]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+# Port 5555, LMDB under ./data, CPU profile (ONNX Runtime); the models are prepared on
+# first start and cached in ./data/models.
+run: install
+	$(VENV)/bin/sophon-face serve
+
+# Python 3.8 compatibility check, then every test (unit, API over real HTTP, crash-safety).
+test: install check
+	$(PY) -m pytest -q tests
+
+check: install
+	$(PY) -m vermin -t=3.8- --no-tips --violations --exclude-regex '\.venv' sophon_face tests bench scripts
+	$(VENV)/bin/sophon-face check-config --config conf.yaml
+
+bench: install
+	$(PY) bench/pipeline.py
+	$(PY) bench/search.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,9 @@
+"""``python -m sophon_face`` is ``sophon-face``."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,244 @@
+"""Daemon configuration: ``conf.yaml`` loaded into frozen dataclasses.
+
+The defaults live here, in code; the shipped ``conf.yaml`` repeats every setting with its
+default (a test checks the two agree). Unknown keys and wrong types are rejected with the
+key's path (``server.port: expected int, got 'x'``), so a typo never silently falls back
+to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+#: Manifest of each model profile, relative to the project root / install share folder.
+PROFILE_MANIFESTS = {"cpu": "models/cpu.yaml", "se5": "bmodels/manifest.yaml"}
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``str()`` names the key path and the bad value."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "0.0.0.0"
+    port: int = 5555
+    #: api/README.md 3.1: bodies above this get HTTP 413 (aiohttp's 1 MiB is too small).
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: Grace period for in-flight requests on shutdown.
+    shutdown_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: str = "./data"
+    #: Initial LMDB map; it grows by doubling when full, up to max_map_size_bytes.
+    map_size_bytes: int = 256 * 1024 * 1024
+    max_map_size_bytes: int = 64 * 1024 * 1024 * 1024
+    #: Writes are refused with INSUFFICIENT_SPACE_LEFT below this much free disk.
+    min_free_bytes: int = 64 * 1024 * 1024
+    read_threads: int = 2
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    #: Folders whose files ``*_path`` parameters may read. Empty: path inputs are refused.
+    roots: Tuple[str, ...] = ()
+    max_encoded_bytes: int = 16 * 1024 * 1024
+    max_side_px: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    #: "cpu" (ONNX Runtime) or "se5" (bmodels through SAIL on the BM1684).
+    profile: str = "cpu"
+    #: Manifest path overriding the profile's; relative paths resolve against the
+    #: configuration file's folder.
+    manifest: str = ""
+    #: Where prepared (fp32-folded) CPU models are cached; default <data_dir>/models.
+    cache_dir: str = ""
+    tpu_id: int = 0
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    #: Inference workers, each with its own model sessions. On the CPU profile
+    #: count x intra_op_threads should not exceed the cores; on the SE5 keep 1 (one TPU).
+    count: int = 1
+    intra_op_threads: int = 2
+    #: Requests waiting for a worker beyond this are refused at once (HTTP 503).
+    queue_size: int = 32
+    #: A request waiting longer than this for its result fails with INTERNAL_ERROR.
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    #: Defaults of the runtime keys MATCH_THRESHOLD, REGN_MIN_FACE, GATE_DEFAULT_GROUP_SIZE.
+    match_threshold: float = 82.0
+    min_face_size: int = 40
+    library_capacity: int = 100000
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    #: Folder relative paths in the file resolve against (not a YAML key).
+    base_dir: str = field(default=".", metadata={"internal": True})
+
+    def resolve(self, path: str) -> Path:
+        """A configured path made absolute against the configuration file's folder."""
+        p = Path(os.path.expanduser(path))
+        return p if p.is_absolute() else (Path(self.base_dir) / p).resolve()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.storage.data_dir)
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.resolve(self.models.cache_dir) if self.models.cache_dir else self.data_dir / "models"
+
+    @property
+    def image_roots(self) -> List[Path]:
+        return [self.resolve(r) for r in self.images.roots]
+
+    def manifest_path(self) -> Path:
+        """The active model manifest: explicit, else the profile's, found beside the
+        configuration, in the source tree, or in the install prefix's share folder."""
+        if self.models.manifest:
+            return self.resolve(self.models.manifest)
+        relative = PROFILE_MANIFESTS[self.models.profile]
+        candidates = [
+            Path(self.base_dir) / relative,
+            Path(__file__).resolve().parent.parent / relative,
+            Path(sys.prefix) / "share" / "sophon-face" / relative,
+        ]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate.resolve()
+        raise ConfigError(f"models.profile: manifest {relative} not found in "
+                          + ", ".join(str(c.parent.parent) for c in candidates))
+
+
+_CHECKS = {
+    ("server", "port"): lambda v: 1 <= v <= 65535,
+    ("server", "max_body_bytes"): lambda v: v > 0,
+    ("models", "profile"): lambda v: v in PROFILE_MANIFESTS,
+    ("workers", "count"): lambda v: v >= 1,
+    ("workers", "intra_op_threads"): lambda v: v >= 1,
+    ("workers", "queue_size"): lambda v: v >= 1,
+    ("workers", "timeout_s"): lambda v: v > 0,
+    ("storage", "read_threads"): lambda v: v >= 1,
+    ("storage", "map_size_bytes"): lambda v: v >= 1024 * 1024,
+    ("recognition", "match_threshold"): lambda v: 0 <= v <= 100,
+    ("recognition", "min_face_size"): lambda v: v >= 0,
+    ("recognition", "library_capacity"): lambda v: v >= 1,
+    ("logging", "level"): lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def _coerce(value: Any, annotation: str, path: str) -> Any:
+    """Check one leaf value against its field's annotation (string form, PEP 563)."""
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected int, got {value!r}")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected number, got {value!r}")
+        return float(value)
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected string, got {value!r}")
+        return value
+    if annotation.startswith("Tuple[str"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: expected a list of strings, got {value!r}")
+        return tuple(value)
+    raise ConfigError(f"{path}: unsupported setting type {annotation}")  # pragma: no cover
+
+
+def _section(cls: Type[T], raw: Any, path: str) -> T:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"{path}.{key}: unknown key")
+    values: Dict[str, Any] = {}
+    for name, raw_value in raw.items():
+        values[name] = _coerce(raw_value, str(fields[name].type), f"{path}.{name}")
+        check = _CHECKS.get((path, name))
+        if check is not None and not check(values[name]):
+            raise ConfigError(f"{path}.{name}: invalid value {raw_value!r}")
+    return cls(**values)
+
+
+def config_from_mapping(raw: Optional[Mapping[str, Any]], base_dir: str = ".") -> Config:
+    """Build a Config from parsed YAML, rejecting unknown keys with their path."""
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"<top>: expected a mapping, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+    for key in raw:
+        if key not in sections:
+            raise ConfigError(f"{key}: unknown key")
+    built = {}
+    for name, f in sections.items():
+        section_cls = f.default_factory  # type: ignore[misc]
+        built[name] = _section(section_cls, raw.get(name), name)
+    return Config(base_dir=str(Path(base_dir).resolve()), **built)
+
+
+def load_config(path: Optional[str] = None) -> Config:
+    """Load ``path`` (None: the embedded defaults, relative paths against the CWD)."""
+    if path is None:
+        return config_from_mapping({}, base_dir=os.getcwd())
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return config_from_mapping(raw, base_dir=str(Path(path).resolve().parent))
+
+
+def with_overrides(config: Config, **overrides: Any) -> Config:
+    """Apply CLI flags (``port=...``) on top of the file; None means "not given"."""
+    server, storage, images = config.server, config.storage, config.images
+    if overrides.get("host") is not None:
+        server = dataclasses.replace(server, host=overrides["host"])
+    if overrides.get("port") is not None:
+        if not 1 <= int(overrides["port"]) <= 65535:
+            raise ConfigError(f"--port: invalid value {overrides['port']!r}")
+        server = dataclasses.replace(server, port=int(overrides["port"]))
+    # Flags are relative to the CWD, like any command-line path.
+    if overrides.get("data_dir") is not None:
+        storage = dataclasses.replace(storage, data_dir=str(Path(overrides["data_dir"]).resolve()))
+    if overrides.get("image_roots"):
+        images = dataclasses.replace(
+            images, roots=tuple(str(Path(r).resolve()) for r in overrides["image_roots"]))
+    return dataclasses.replace(config, server=server, storage=storage, images=images)

@@ -1,0 +1,1 @@
+"""Test doubles for runtimes that exist only on the device (e.g. ``sophon.sail``)."""

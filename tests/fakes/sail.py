@@ -1,0 +1,443 @@
+"""A fake ``sophon.sail`` that enforces SAIL's numpy-path calling contract off-device.
+
+It follows ``reference/sail.md`` section 1.3 (what ``Engine`` really does, read from SAIL
+v3.10.7's engine.cpp) and the test-double plan of section 9. Where the real module fails
+*silently* (a strided input written back into the caller's buffer, a missing input read
+from a stale buffer, a second thread inside one Engine) the fake raises AssertionError and
+records the violation in ``VIOLATIONS``, so a test fails even if the code under test wraps
+the exception. Where the real module raises, the fake raises the same way
+(``SailEngineError("bad input")``, ``TypeError`` for arguments pybind would not accept).
+
+Choices documented here because tests rely on them:
+- ``IOMode.SYSI`` on the numpy path returns NaN-filled fp32 outputs (the real engine builds
+  them from a NULL system pointer and returns garbage, without an error).
+- ``get_input_shape`` / ``get_output_shape`` report the shape of the last ``process`` call,
+  as the real engine does after its internal reshape; the maximum before any call.
+- The output dict is ordered by name, like the ``std::map`` the real binding converts.
+- Only the numpy-path ``process`` is faked; the Tensor path raises NotImplementedError.
+
+Use ``install(monkeypatch)`` to make ``import sophon.sail`` return this module for one test,
+``install_placeholder`` / ``install_missing`` for the two ways SAIL can be absent, and
+``register_model`` (with ``FakeGraph`` or ``onnx_graph``) to declare the bmodels that exist.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+import threading
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+
+class Dtype(enum.IntEnum):
+    BM_FLOAT32 = 0
+    BM_FLOAT16 = 1
+    BM_INT8 = 2
+    BM_UINT8 = 3
+    BM_INT16 = 4
+    BM_UINT16 = 5
+    BM_INT32 = 6
+    BM_UINT32 = 7
+    BM_BFLOAT16 = 8
+
+
+class IOMode(enum.IntEnum):
+    SYSI = 0
+    SYSO = 1
+    SYSIO = 2
+    DEVIO = 3
+
+
+# The pybind enums are bound with export_values(): sail.SYSIO works as well as sail.IOMode.SYSIO.
+globals().update({m.name: m for m in Dtype})
+globals().update({m.name: m for m in IOMode})
+
+
+class SailEngineError(RuntimeError):
+    pass
+
+
+#: bmodel path (absolute) -> its graphs; filled by register_model(), emptied by install().
+MODELS: Dict[str, List["FakeGraph"]] = {}
+#: every Engine constructed, in order, for assertions on calls.
+ENGINES: List["Engine"] = []
+#: contract violations the real SAIL would not report (see the module docstring).
+VIOLATIONS: List[str] = []
+#: how many TPUs get_available_tpu_num() reports; an SE5 has one.
+TPU_COUNT = 1
+
+
+def _violation(message: str) -> None:
+    VIOLATIONS.append(message)
+    raise AssertionError(message)
+
+
+def get_available_tpu_num() -> int:
+    return TPU_COUNT
+
+
+def _check_dev_id(dev_id: Any) -> int:
+    if not isinstance(dev_id, int) or isinstance(dev_id, bool):
+        raise TypeError(f"incompatible function arguments: dev_id must be int, got {dev_id!r}")
+    if not 0 <= dev_id < TPU_COUNT:
+        raise SailEngineError("Engine related error")  # bm_dev_request fails for an absent TPU
+    return dev_id
+
+
+class Handle:
+    def __init__(self, dev_id: int, /) -> None:
+        self._dev_id = _check_dev_id(dev_id)
+
+    def get_device_id(self) -> int:
+        return self._dev_id
+
+    def get_sn(self) -> str:
+        return f"FAKE{self._dev_id:08d}"
+
+    def get_target(self) -> str:
+        return "BM1684"
+
+
+@dataclass(frozen=True)
+class FakeIO:
+    """One graph input or output: its compiled (maximum) shape, dtype and int8 scale."""
+
+    name: str
+    shape: Tuple[int, ...]
+    dtype: Dtype = Dtype.BM_FLOAT32
+    scale: float = 1.0
+
+
+ModelFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
+
+
+@dataclass
+class FakeGraph:
+    """One network of a bmodel.
+
+    ``batch_sizes`` are the compiled stages (the batch dimension of each stage's inputs;
+    the other dimensions are those of the maximum shape); default: only the maximum shape.
+    ``fn`` maps float32 inputs of one stage to outputs with the same batch.
+    """
+
+    name: str
+    inputs: List[FakeIO]
+    outputs: List[FakeIO]
+    fn: ModelFn
+    batch_sizes: Tuple[int, ...] = ()
+    dynamic: bool = False
+
+    def __post_init__(self) -> None:
+        max_batch = {io.shape[0] for io in self.inputs}
+        if len(max_batch) != 1:
+            raise ValueError(f"fake graph {self.name}: inputs disagree on the batch dimension")
+        if not self.batch_sizes:
+            self.batch_sizes = (max_batch.pop(),)
+        elif max(self.batch_sizes) != max_batch.pop():
+            raise ValueError(f"fake graph {self.name}: the largest stage must be the input shape")
+        self.batch_sizes = tuple(sorted(self.batch_sizes))
+
+    def input(self, name: str) -> Optional[FakeIO]:
+        return next((io for io in self.inputs if io.name == name), None)
+
+
+def register_model(path: Union[str, Path], *graphs: FakeGraph) -> str:
+    """Declare a bmodel file with ``graphs``; an empty placeholder file is written if absent."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.exists(path):
+        Path(path).write_bytes(b"fake bmodel\n")
+    MODELS[path] = list(graphs)
+    return path
+
+
+@dataclass
+class FakeCall:
+    """What one numpy-path process() call received, as the binding saw it."""
+
+    graph: str
+    shapes: Dict[str, Tuple[int, ...]]
+    dtypes: Dict[str, np.dtype]
+    c_contiguous: Dict[str, bool]
+    thread_id: int
+    mode: IOMode
+
+
+def _quantise(x: np.ndarray, dtype: Dtype, scale: float) -> np.ndarray:
+    """SAIL's CPU-side conversion of a float32 input to an integer bmodel input, and back."""
+    if dtype == Dtype.BM_INT8:
+        return np.clip(np.round(x * scale), -127, 127).astype(np.float32) / np.float32(scale)
+    if dtype == Dtype.BM_UINT8:
+        return np.clip(np.round(x * scale), 0, 255).astype(np.float32) / np.float32(scale)
+    if dtype == Dtype.BM_INT32:
+        return np.round(x * scale).astype(np.float32) / np.float32(scale)
+    return x
+
+
+def _dequantise(y: np.ndarray, dtype: Dtype, scale: float) -> np.ndarray:
+    """An integer bmodel output as SAIL returns it: q * output_scale."""
+    if dtype == Dtype.BM_INT8:
+        return np.clip(np.round(y / scale), -127, 127) * scale
+    if dtype == Dtype.BM_UINT8:
+        return np.clip(np.round(y / scale), 0, 255) * scale
+    if dtype == Dtype.BM_INT32:
+        return np.round(y / scale) * scale
+    return y
+
+
+class Engine:
+    """The ``Engine(bmodel_path, tpu_id, mode)`` constructor and its numpy-path ``process``."""
+
+    def __init__(self, bmodel_path: str, dev_id: int, mode: IOMode, /) -> None:
+        # pybind11 converts only str to std::string and only IOMode members to the enum;
+        # the other constructor overloads (tpu_id only, Handle, bytes) are not faked.
+        if not isinstance(bmodel_path, str):
+            raise TypeError(f"incompatible constructor arguments: bmodel_path must be str, "
+                            f"got {type(bmodel_path).__name__}")
+        if not isinstance(mode, IOMode):
+            raise TypeError(f"incompatible constructor arguments: mode must be sail.IOMode, got {mode!r}")
+        self._handle = Handle(dev_id)
+        path = os.path.abspath(bmodel_path)
+        if not os.path.isfile(path) or path not in MODELS:
+            # The real engine logs "bmodel ... does not exist" / "Load ... failed" and raises:
+            raise SailEngineError("invalid bmodel")
+        self._graphs: Dict[str, FakeGraph] = {g.name: g for g in MODELS[path]}
+        self._mode = mode
+        self._owner_thread = threading.get_ident()
+        self._busy = threading.Lock()
+        self._input_shapes = {g.name: {io.name: list(io.shape) for io in g.inputs} for g in MODELS[path]}
+        self._output_shapes = {g.name: {io.name: list(io.shape) for io in g.outputs} for g in MODELS[path]}
+        self.bmodel_path = path
+        self.calls: List[FakeCall] = []
+        ENGINES.append(self)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def _graph(self, graph_name: str) -> FakeGraph:
+        graph = self._graphs.get(graph_name)
+        if graph is None:
+            # bmrt_get_network_info returns NULL and the real engine dereferences it.
+            _violation(f"unknown graph {graph_name!r}: the real SAIL would crash")
+        return graph
+
+    def get_handle(self) -> Handle:
+        return self._handle
+
+    def get_device_id(self) -> int:
+        return self._handle.get_device_id()
+
+    def get_graph_names(self) -> List[str]:
+        return list(self._graphs)
+
+    def graph_is_dynamic(self, graph_name: str) -> bool:
+        return self._graph(graph_name).dynamic
+
+    def get_input_names(self, graph_name: str) -> List[str]:
+        return [io.name for io in self._graph(graph_name).inputs]
+
+    def get_output_names(self, graph_name: str) -> List[str]:
+        return [io.name for io in self._graph(graph_name).outputs]
+
+    def get_max_input_shapes(self, graph_name: str) -> Dict[str, List[int]]:
+        return {io.name: list(io.shape) for io in self._graph(graph_name).inputs}
+
+    def get_max_output_shapes(self, graph_name: str) -> Dict[str, List[int]]:
+        return {io.name: list(io.shape) for io in self._graph(graph_name).outputs}
+
+    # The real getters index std::maps with operator[]: an unknown tensor name yields an
+    # empty shape, dtype 0 (BM_FLOAT32) and scale 0.0 rather than an error.
+    def get_input_shape(self, graph_name: str, tensor_name: str) -> List[int]:
+        self._graph(graph_name)
+        return list(self._input_shapes[graph_name].get(tensor_name, []))
+
+    def get_output_shape(self, graph_name: str, tensor_name: str) -> List[int]:
+        self._graph(graph_name)
+        return list(self._output_shapes[graph_name].get(tensor_name, []))
+
+    def _io(self, ios: Sequence[FakeIO], name: str) -> Optional[FakeIO]:
+        return next((io for io in ios if io.name == name), None)
+
+    def get_input_dtype(self, graph_name: str, tensor_name: str) -> Dtype:
+        io = self._io(self._graph(graph_name).inputs, tensor_name)
+        return io.dtype if io else Dtype.BM_FLOAT32
+
+    def get_output_dtype(self, graph_name: str, tensor_name: str) -> Dtype:
+        io = self._io(self._graph(graph_name).outputs, tensor_name)
+        return io.dtype if io else Dtype.BM_FLOAT32
+
+    def get_input_scale(self, graph_name: str, tensor_name: str) -> float:
+        io = self._io(self._graph(graph_name).inputs, tensor_name)
+        return io.scale if io else 0.0
+
+    def get_output_scale(self, graph_name: str, tensor_name: str) -> float:
+        io = self._io(self._graph(graph_name).outputs, tensor_name)
+        return io.scale if io else 0.0
+
+    # -- inference ---------------------------------------------------------------------
+
+    def process(self, graph_name: str, input_tensors: Dict[str, Any],
+                core_list: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+        if isinstance(core_list, dict) or not isinstance(input_tensors, dict):
+            raise NotImplementedError("the fake implements only the numpy-path process()")
+        if threading.get_ident() != self._owner_thread:
+            _violation(f"process() on thread {threading.get_ident()}, Engine created on "
+                       f"thread {self._owner_thread}: one Engine must stay on one thread")
+        if not self._busy.acquire(blocking=False):
+            _violation("concurrent process() on one Engine: the real one would race on its "
+                       "shared per-graph buffers")
+        try:
+            return self._process(graph_name, input_tensors)
+        finally:
+            self._busy.release()
+
+    def _process(self, graph_name: str, input_tensors: Dict[str, Any]) -> Dict[str, np.ndarray]:
+        graph = self._graph(graph_name)
+        if self._mode not in (IOMode.SYSI, IOMode.SYSIO):
+            raise SailEngineError("bad input")  # "If input type is numpy.array, IOMode must be SYSIO or SYSI!"
+        self.calls.append(FakeCall(
+            graph=graph_name,
+            shapes={n: tuple(np.shape(v)) for n, v in input_tensors.items()},
+            dtypes={n: np.asarray(v).dtype for n, v in input_tensors.items()},
+            c_contiguous={n: bool(np.asarray(v).flags.c_contiguous) for n, v in input_tensors.items()},
+            thread_id=threading.get_ident(),
+            mode=self._mode,
+        ))
+
+        arrays: Dict[str, np.ndarray] = {}
+        for name, value in input_tensors.items():
+            if not isinstance(name, str):
+                raise TypeError("incompatible function arguments: input names must be str")
+            if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+                _violation(f"input {name!r} is not C-contiguous: the real SAIL would memcpy a "
+                           f"contiguous copy back into the caller's buffer")
+            try:
+                arrays[name] = np.array(value, dtype=np.float32, copy=True)  # array_t<float> force-cast
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"incompatible function arguments: {exc}") from exc
+
+        stage_batch = self._check_shapes(graph, arrays)
+        missing = [io.name for io in graph.inputs if io.name not in arrays]
+        if missing:
+            _violation(f"inputs {missing} not given: the real SAIL would silently use stale buffers")
+        self._input_shapes[graph_name].update({n: list(a.shape) for n, a in arrays.items()})
+
+        feeds = {io.name: _quantise(arrays[io.name], io.dtype, io.scale) for io in graph.inputs}
+        if self._mode == IOMode.SYSI:
+            raw = {io.name: np.full((stage_batch,) + io.shape[1:], np.nan, dtype=np.float32)
+                   for io in graph.outputs}
+        else:
+            raw = graph.fn(feeds)
+        outputs: Dict[str, np.ndarray] = {}
+        for io in sorted(graph.outputs, key=lambda o: o.name):
+            expected = (stage_batch,) + tuple(io.shape[1:])
+            value = np.asarray(raw[io.name], dtype=np.float32)
+            if value.shape != expected:
+                raise ValueError(f"fake model fn returned {io.name} shaped {value.shape}, "
+                                 f"expected {expected}")  # a broken test model, not a SAIL error
+            outputs[io.name] = np.array(_dequantise(value, io.dtype, io.scale), dtype=np.float32, copy=True)
+            self._output_shapes[graph_name][io.name] = list(expected)
+        return outputs
+
+    def _check_shapes(self, graph: FakeGraph, arrays: Dict[str, np.ndarray]) -> int:
+        """SAIL's is_input_shape_valid(); returns the batch of the stage that matched."""
+        batches = set()
+        for name, array in arrays.items():
+            io = graph.input(name)
+            if io is None or array.ndim != len(io.shape):
+                raise SailEngineError("bad input")
+            if graph.dynamic:
+                if any(d <= 0 or d > m for d, m in zip(array.shape, io.shape)):
+                    raise SailEngineError("bad input")
+            elif not any(array.shape == (b,) + io.shape[1:] for b in graph.batch_sizes):
+                raise SailEngineError("bad input")
+            batches.add(array.shape[0])
+        if len(batches) != 1:
+            raise SailEngineError("Engine related error")  # inputs from different stages
+        return batches.pop()
+
+
+# -- models backed by a real ONNX file --------------------------------------------------
+
+def onnx_graph(onnx_path: Union[str, Path], batch_sizes: Sequence[int] = (1,),
+               name: Optional[str] = None, input_dtype: Dtype = Dtype.BM_FLOAT32,
+               input_scale: float = 1.0) -> FakeGraph:
+    """A fake bmodel graph "compiled" from an ONNX model at ``batch_sizes``.
+
+    Its ``fn`` runs the ONNX model through onnxruntime (one sample at a time when the ONNX
+    graph has a fixed batch of 1), so the SAIL and ONNX Runtime backends can be compared
+    numerically on the same weights.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(os.fspath(onnx_path), providers=["CPUExecutionProvider"])
+    max_batch = max(batch_sizes)
+    onnx_inputs = session.get_inputs()
+    sample_shapes = {}
+    for i in onnx_inputs:
+        dims = list(i.shape)[1:]
+        if not all(isinstance(d, int) for d in dims):
+            raise ValueError(f"{onnx_path}: input {i.name} has free dimensions {i.shape}")
+        sample_shapes[i.name] = tuple(dims)
+    fixed_batch = isinstance(onnx_inputs[0].shape[0], int)
+    output_names = [o.name for o in session.get_outputs()]
+
+    def run(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        if not fixed_batch:
+            results = session.run(output_names, feeds)
+        else:
+            batch = next(iter(feeds.values())).shape[0]
+            per_sample = [session.run(output_names, {k: v[j:j + 1] for k, v in feeds.items()})
+                          for j in range(batch)]
+            results = [np.concatenate([r[k] for r in per_sample]) for k in range(len(output_names))]
+        return dict(zip(output_names, results))
+
+    probe = run({n: np.zeros((1,) + s, dtype=np.float32) for n, s in sample_shapes.items()})
+    inputs = [FakeIO(n, (max_batch,) + s, input_dtype, input_scale) for n, s in sample_shapes.items()]
+    outputs = [FakeIO(n, (max_batch,) + tuple(probe[n].shape[1:])) for n in output_names]
+    return FakeGraph(name or Path(onnx_path).stem, inputs, outputs, run, tuple(batch_sizes))
+
+
+# -- installing the fake as sophon.sail ---------------------------------------------------
+
+def _package(sail_module: types.ModuleType) -> types.ModuleType:
+    package = types.ModuleType("sophon")
+    package.__path__ = []  # a package, so ``import sophon.sail`` resolves from sys.modules
+    package.sail = sail_module
+    return package
+
+
+def install(monkeypatch: Any) -> types.ModuleType:
+    """Make ``import sophon.sail`` return this fake, with no models, for one test."""
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "MODELS", {})
+    monkeypatch.setattr(module, "ENGINES", [])
+    monkeypatch.setattr(module, "VIOLATIONS", [])
+    monkeypatch.setattr(module, "TPU_COUNT", 1)
+    monkeypatch.setitem(sys.modules, "sophon", _package(module))
+    monkeypatch.setitem(sys.modules, "sophon.sail", module)
+    return module
+
+
+def placeholder_module() -> types.ModuleType:
+    """What ``import sophon.sail`` gives with the PyPI package ``sophon`` 0.0.1: an empty module."""
+    module = types.ModuleType("sophon.sail")
+    module.__file__ = os.path.join("site-packages", "sophon", "sail.py")
+    return module
+
+
+def install_placeholder(monkeypatch: Any) -> types.ModuleType:
+    module = placeholder_module()
+    monkeypatch.setitem(sys.modules, "sophon", _package(module))
+    monkeypatch.setitem(sys.modules, "sophon.sail", module)
+    return module
+
+
+def install_missing(monkeypatch: Any) -> None:
+    """Make ``import sophon.sail`` fail as on a machine without any ``sophon`` package."""
+    monkeypatch.setitem(sys.modules, "sophon", None)
+    monkeypatch.setitem(sys.modules, "sophon.sail", None)
