@@ -2,7 +2,8 @@
 
 Lifecycle (one ``cleanup_ctx``): prepare the models (checksums, fp32 folding, cached),
 start the worker pool (each worker loads and warms its own sessions), open the store and
-rebuild the gallery, then serve. Shutdown runs the same steps backwards.
+rebuild the gallery from it (its dimension is the active recognizer's), then serve.
+Shutdown runs the same steps backwards; queued writes finish before the store closes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from .pipeline.face_pipeline import FacePipeline
 from .pipeline.quality import QualityThresholds
 from .pipeline.types import ImageLimits
 from .service.analysis import FaceAnalysis, ImageAccess
+from .service.groups import GroupService
+from .service.identities import IdentityService
+from .service.search import SearchService
+from .store.env import Store
+from .store.gallery import Gallery
 from .workers.models import PreparedModels, pipeline_factory, prepare_models
 from .workers.pool import WorkerPool
 
@@ -65,17 +71,35 @@ class _Lifecycle:
             count=config.workers.count, queue_size=config.workers.queue_size,
             timeout_s=config.workers.timeout_s)
         await pool.start()
+        gallery = Gallery(models.feature_dim)
+        store = Store(config.data_dir, gallery=gallery,
+                      map_size_bytes=config.storage.map_size_bytes,
+                      max_map_size_bytes=config.storage.max_map_size_bytes,
+                      min_free_bytes=config.storage.min_free_bytes,
+                      read_threads=config.storage.read_threads)
+        try:
+            await store.open()
+        except BaseException:
+            await pool.close()
+            raise
+        log.info("store %s open: %d faces in the gallery", store.path, gallery.count())
         access = ImageAccess(tuple(config.image_roots), ImageLimits(
             max_encoded_bytes=config.images.max_encoded_bytes,
             max_side_px=config.images.max_side_px,
             max_pixels=config.images.max_side_px * config.images.max_side_px))
         match_cosine = float(models.manifest.recognizer.match_cosine or 0.5)
+        recognition = config.recognition
         analysis = FaceAnalysis(pool, access, match_cosine)
+        identities = IdentityService(store, pool, access,
+                                     capacity=lambda: recognition.library_capacity)
+        search = SearchService(store, gallery, pool, access, match_cosine,
+                               match_threshold=lambda: recognition.match_threshold,
+                               min_face_size=lambda: recognition.min_face_size)
         started = time.time()
 
         async def health() -> Tuple[Dict[str, Any], bool]:
             warm = pool.warm_up_report
-            healthy = warm.ok
+            healthy = warm.ok and store.is_open
             payload: Dict[str, Any] = {
                 "status": "ok" if healthy else "error",
                 "backend": models.manifest.runtime,
@@ -84,13 +108,16 @@ class _Lifecycle:
                 "feature_dim": models.feature_dim,
                 "warm_up": {"ok": warm.ok, "ms": warm.ms, "error": warm.error},
                 "workers": {"count": config.workers.count, "pending": pool.pending},
+                "store": {"open": store.is_open, "faces": gallery.count()},
                 "uptime_s": round(time.time() - started, 1),
             }
             return payload, healthy
 
         app[VALIDATION_CONTEXT] = Context(feature_dim=models.feature_dim)
-        app[SERVICES] = Services(analysis=analysis, health=health)
+        app[SERVICES] = Services(analysis=analysis, identities=identities,
+                                 groups=GroupService(store), search=search, health=health)
         try:
             yield
         finally:
+            await store.close()
             await pool.close()

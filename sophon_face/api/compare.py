@@ -22,3 +22,8 @@ async def compare(request: web.Request) -> web.Response:
 async def fiqa(request: web.Request) -> web.Response:
     body = await parse_request(request, schemas.FIQA)
     return json_response(await request.app[SERVICES].analysis.fiqa(body))
+
+
+async def search(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.SEARCH)
+    return json_response(await request.app[SERVICES].search.search(body))

@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Awaitable, Callable, Dict, Tuple
 
 from aiohttp import web
 
 from ..service.analysis import FaceAnalysis
+from ..service.groups import GroupService
+from ..service.identities import IdentityService
+from ..service.search import SearchService
+
+HealthCheck = Callable[[], Awaitable[Tuple[Dict[str, Any], bool]]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
     """The use cases the handlers call; built by app.py's lifecycle context."""
 
     analysis: FaceAnalysis
-    health: Any  # callable returning the /health payload and whether it is healthy
-    identities: Any = None
-    groups: Any = None
-    search: Any = None
-    extra: Dict[str, Any] = None  # type: ignore[assignment]
+    identities: IdentityService
+    groups: GroupService
+    search: SearchService
+    health: HealthCheck
 
 
 SERVICES = web.AppKey("services", Services)

@@ -68,7 +68,8 @@ class Schema:
     empty_body_is_error: bool = True
     aliases: Mapping[str, str] = field(default_factory=dict)  # legacy key -> key
 
-    def parse(self, body: Mapping[str, Any], ctx: Context) -> Dict[str, Any]:
+    def parse(self, body: Mapping[str, Any], ctx: Context, prefix: str = "") -> Dict[str, Any]:
+        """Validate ``body``; ``prefix`` names a nested object in messages (``filters.``)."""
         body = dict(body)
         for legacy, key in self.aliases.items():
             if body.get(key) is None and body.get(legacy) is not None:
@@ -78,16 +79,16 @@ class Schema:
         for item in self.items:  # pass 1: presence
             if isinstance(item, Param):
                 if item.required and item.name not in present:
-                    raise MissingArguments(item.name)
+                    raise MissingArguments(prefix + item.name)
             else:
                 member = next((n for n in item.priority if n in present), None)
                 if member is None and item.required:
-                    raise MissingArguments("/".join(item.names))
+                    raise MissingArguments("/".join(prefix + n for n in item.names))
                 chosen[item.key] = member
         out: Dict[str, Any] = {}
         for item in self.items:  # pass 2: types and values
             if isinstance(item, Param):
-                out[item.name] = (item.parse(body[item.name], item.name, ctx)
+                out[item.name] = (item.parse(body[item.name], prefix + item.name, ctx)
                                   if item.name in present else item.default)
             else:
                 member = chosen[item.key]
@@ -95,7 +96,7 @@ class Schema:
                 for name in item.names:
                     out[name] = None
                 if member is not None:
-                    out[member] = item.parsers[member](body[member], member, ctx)
+                    out[member] = item.parsers[member](body[member], prefix + member, ctx)
         return out
 
 

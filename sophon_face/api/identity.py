@@ -1,0 +1,71 @@
+"""Handlers of the identity family (api/identity.md). Thin: parse, call, render."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import schemas
+from .http import VALIDATION_CONTEXT, json_response, parse_request
+from .keys import SERVICES
+
+
+async def create(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.CREATE_IDENTITY)
+    return json_response(await request.app[SERVICES].identities.create(body))
+
+
+async def get_one(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.GET_IDENTITY)
+    return json_response(await request.app[SERVICES].identities.get(body["identity_id"]))
+
+
+async def get_many(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.GET_IDENTITIES)
+    # Nested fields are checked after their parent, depth first (README 3.7).
+    filters = schemas.IDENTITY_FILTERS.parse(body["filters"], request.app[VALIDATION_CONTEXT],
+                                             prefix="filters.")
+    return json_response(await request.app[SERVICES].identities.list(
+        filters, body["page_limit"], body["page_index"]))
+
+
+async def update(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.UPDATE_IDENTITY)
+    return json_response(await request.app[SERVICES].identities.update(body))
+
+
+async def delete_many(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.DELETE_IDENTITIES)
+    return json_response(await request.app[SERVICES].identities.delete_many(body["identity_ids"]))
+
+
+async def add_face(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.ADD_FACE)
+    return json_response(await request.app[SERVICES].identities.add_face(body))
+
+
+async def delete_face(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.DELETE_FACE)
+    return json_response(await request.app[SERVICES].identities.delete_face(body))
+
+
+async def replace_face(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.REPLACE_FACE)
+    return json_response(await request.app[SERVICES].identities.replace_face(body))
+
+
+def _jpeg(data: bytes | None) -> web.Response:
+    """R4: an unknown id (or one registered from a feature, R19) is a 404 with an empty
+    image/jpeg body, so an <img> shows nothing and a program can test the status."""
+    if not data:
+        return web.Response(status=404, body=b"", content_type="image/jpeg")
+    return web.Response(body=data, content_type="image/jpeg")
+
+
+async def register_image_by_path(request: web.Request) -> web.Response:
+    image_id = request.match_info.get("image_id", "")
+    return _jpeg(await request.app[SERVICES].identities.register_image(image_id))
+
+
+async def register_image_by_body(request: web.Request) -> web.Response:
+    body = await parse_request(request, schemas.GET_REGISTER_IMAGE)
+    return _jpeg(await request.app[SERVICES].identities.register_image(body["image_id"]))

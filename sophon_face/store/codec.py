@@ -1,0 +1,105 @@
+"""The one codec of the store: versioned msgpack records, raw float32 features.
+
+Every record is a msgpack map carrying its schema version under ``"v"``. A reader accepts
+every version up to the one it knows and refuses newer ones with ``StoreFormatError``, so a
+downgraded daemon stops with a clear message instead of misreading data written by a newer
+one. No pickle: the data directory must never be able to run code.
+
+Features are stored as raw little-endian float32 bytes (a msgpack ``bin``) inside the face
+record: compact, independent of the numpy version, and readable in one ``np.frombuffer``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, FrozenSet, Mapping
+
+import msgpack
+import numpy as np
+
+#: Current schema version per record kind. Bump a kind's version when its fields change
+#: meaning, and teach ``unpack`` to upgrade the older form.
+SCHEMA_VERSIONS: Dict[str, int] = {
+    "identity": 1,
+    "face": 1,
+    "permission": 1,
+    "device": 1,
+    "event": 1,
+    "setting": 1,
+}
+
+#: Fields a record of a kind must carry; checked on pack so a bug cannot persist a record
+#: that every later read would trip over. Kinds owned by other modules start unchecked.
+REQUIRED_FIELDS: Dict[str, FrozenSet[str]] = {
+    "identity": frozenset({
+        "identity_id", "identity_name", "user_type", "permission_ids", "ext_user_info",
+        "face_ids", "register_image_ids", "seq", "created_at",
+    }),
+    "face": frozenset({
+        "face_id", "identity_id", "register_image_id", "feature", "dim", "created_at",
+    }),
+    "permission": frozenset({"permission_id", "permission_name", "description", "seq"}),
+}
+
+VERSION_FIELD = "v"
+
+#: Features are little-endian float32 on disk whatever the host byte order.
+FEATURE_DTYPE = np.dtype("<f4")
+
+
+class StoreFormatError(Exception):
+    """Stored data this version of sophon-face cannot read (newer schema, corrupt record)."""
+
+
+def pack(kind: str, record: Mapping[str, Any]) -> bytes:
+    """Serialise ``record`` of ``kind`` with the kind's current schema version."""
+    version = _version_of(kind)
+    missing = REQUIRED_FIELDS.get(kind, frozenset()).difference(record)
+    if missing:
+        raise ValueError(f"{kind} record lacks {sorted(missing)}")
+    body = dict(record)
+    body[VERSION_FIELD] = version
+    # surrogatepass: a lone surrogate that arrived in JSON round-trips instead of failing
+    # the write; unpack uses the same handler.
+    return msgpack.packb(body, use_bin_type=True, unicode_errors="surrogatepass")
+
+
+def unpack(kind: str, data: bytes) -> Dict[str, Any]:
+    """Deserialise a record of ``kind``; the version field is removed from the result."""
+    known = _version_of(kind)
+    try:
+        record = msgpack.unpackb(
+            data, raw=False, use_list=True, unicode_errors="surrogatepass")
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise StoreFormatError(f"{kind} record is not valid msgpack: {exc}") from exc
+    if not isinstance(record, dict):
+        raise StoreFormatError(f"{kind} record is not a map")
+    version = record.pop(VERSION_FIELD, None)
+    if not isinstance(version, int) or version < 1:
+        raise StoreFormatError(f"{kind} record has no valid schema version: {version!r}")
+    if version > known:
+        raise StoreFormatError(
+            f"{kind} record has schema version {version}, newer than the {known} this "
+            "sophon-face understands; the data was written by a newer release")
+    return record
+
+
+def feature_to_bytes(feature: np.ndarray) -> bytes:
+    """Raw little-endian float32 bytes of a 1-D feature vector."""
+    array = np.asarray(feature)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"a feature must be a non-empty 1-D vector, got shape {array.shape}")
+    return np.ascontiguousarray(array, dtype=FEATURE_DTYPE).tobytes()
+
+
+def feature_from_bytes(data: bytes) -> np.ndarray:
+    """The float32 vector stored in ``data`` (a read-only view, no copy)."""
+    if len(data) == 0 or len(data) % FEATURE_DTYPE.itemsize:
+        raise StoreFormatError(f"feature of {len(data)} bytes is not float32 data")
+    return np.frombuffer(data, dtype=FEATURE_DTYPE)
+
+
+def _version_of(kind: str) -> int:
+    try:
+        return SCHEMA_VERSIONS[kind]
+    except KeyError:
+        raise ValueError(f"unknown record kind {kind!r}") from None

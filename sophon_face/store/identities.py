@@ -1,0 +1,129 @@
+"""Identity records (api/identity.md section 1) and their creation-order index.
+
+Record fields: ``identity_id``, ``identity_name``, ``user_type``, ``permission_ids`` (list,
+no duplicates), ``ext_user_info`` (dict of JSON values), ``face_ids`` and
+``register_image_ids`` (parallel lists), ``seq`` (creation order) and ``created_at`` (float
+seconds). The faces and images themselves live in their own databases; keeping the three in
+step is the job of the service's write function, which changes them in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+from sophon_face.errors import IdNotFound
+from sophon_face.store import codec, keys, meta
+from sophon_face.store.env import Txn
+
+KIND = "identity"
+
+
+def get(txn: Txn, identity_id: str) -> Optional[Dict[str, Any]]:
+    """The identity record, or None when there is no such identity (``""`` included)."""
+    if not isinstance(identity_id, str) or not identity_id:
+        return None
+    return _get_by_key(txn, keys.identity_key(identity_id), identity_id)
+
+
+def require(txn: Txn, identity_id: str) -> Dict[str, Any]:
+    """The identity record; ``IdNotFound(identity_id)`` when there is none."""
+    record = get(txn, identity_id)
+    if record is None:
+        raise IdNotFound(identity_id)
+    return record
+
+
+def exists(txn: Txn, identity_id: str) -> bool:
+    return get(txn, identity_id) is not None
+
+
+def put(txn: Txn, record: Mapping[str, Any]) -> Dict[str, Any]:
+    """Insert or update an identity; returns the record as stored.
+
+    A new identity takes the next creation sequence number (and ``created_at`` now, unless
+    given); an existing one keeps both, so updates never move it in ``iter_in_order``.
+    To re-create an identity at the end of the order (force_replace), delete it first.
+    """
+    _check_invariants(record)
+    identity_id = record["identity_id"]
+    key = keys.identity_key(identity_id)
+    stored = dict(record)
+    old = _get_by_key(txn, key, identity_id)
+    if old is not None:
+        stored["seq"] = old["seq"]
+        stored["created_at"] = old["created_at"]
+    else:
+        _refuse_digest_collision(txn, key, identity_id)
+        stored["seq"] = meta.next_seq(txn)
+        if stored.get("created_at") is None:
+            stored["created_at"] = time.time()
+        txn.raw.put(keys.seq_key(stored["seq"]), key, db=txn.dbs.identity_order)
+    txn.raw.put(key, codec.pack(KIND, stored), db=txn.dbs.identities)
+    return stored
+
+
+def delete(txn: Txn, identity_id: str) -> Optional[Dict[str, Any]]:
+    """Remove the identity record and its order entry; returns the removed record or None.
+
+    Its faces and images are not touched here: the caller removes them in the same
+    transaction (it has the record, with ``face_ids`` and ``register_image_ids``).
+    """
+    record = get(txn, identity_id)
+    if record is None:
+        return None
+    txn.raw.delete(keys.identity_key(identity_id), db=txn.dbs.identities)
+    txn.raw.delete(keys.seq_key(record["seq"]), db=txn.dbs.identity_order)
+    return record
+
+
+def iter_in_order(txn: Txn) -> Iterator[Dict[str, Any]]:
+    """Every identity, oldest first (the order of getidentities, api/README.md section 9)."""
+    cursor = txn.raw.cursor(db=txn.dbs.identity_order)
+    for key in cursor.iternext(keys=False, values=True):
+        data = txn.raw.get(key, db=txn.dbs.identities)
+        if data is None:
+            # Both entries are always written and deleted together; a dangling one means
+            # the file was edited outside the store, which is worth a loud failure.
+            raise codec.StoreFormatError(f"identity_order points at a missing identity {key!r}")
+        yield codec.unpack(KIND, data)
+
+
+def iter_all(txn: Txn) -> Iterator[Dict[str, Any]]:
+    """Every identity in key order (cheaper than creation order; for bulk loads)."""
+    cursor = txn.raw.cursor(db=txn.dbs.identities)
+    for data in cursor.iternext(keys=False, values=True):
+        yield codec.unpack(KIND, data)
+
+
+def count(txn: Txn) -> int:
+    return txn.entries(txn.dbs.identities)
+
+
+def _get_by_key(txn: Txn, key: bytes, identity_id: str) -> Optional[Dict[str, Any]]:
+    data = txn.raw.get(key, db=txn.dbs.identities)
+    if data is None:
+        return None
+    record = codec.unpack(KIND, data)
+    # Long ids are keyed by a digest (keys.py); the stored id is the truth.
+    if record["identity_id"] != identity_id:
+        return None
+    return record
+
+
+def _refuse_digest_collision(txn: Txn, key: bytes, identity_id: str) -> None:
+    if txn.raw.get(key, db=txn.dbs.identities) is not None:
+        raise RuntimeError(f"identity key collision for {identity_id!r}")
+
+
+def _check_invariants(record: Mapping[str, Any]) -> None:
+    """Refuse records that break api/identity.md section 1 before they reach the disk."""
+    # Missing fields are reported by codec.pack; only relations between fields here.
+    face_ids = record.get("face_ids", ())
+    permission_ids = record.get("permission_ids", ())
+    if len(face_ids) != len(record.get("register_image_ids", ())):
+        raise ValueError("face_ids and register_image_ids must be parallel lists")
+    if len(set(permission_ids)) != len(permission_ids):
+        raise ValueError("permission_ids must not contain duplicates")
+    if len(set(face_ids)) != len(face_ids):
+        raise ValueError("face_ids must not contain duplicates")

@@ -1,0 +1,47 @@
+"""Store-internal values in the ``meta`` database: the creation sequence and the layout.
+
+Counts (faces, identities, groups) are deliberately *not* kept here: LMDB's per-database
+entry count (``txn.stat(db)["entries"]``) is exact in every transaction by construction,
+so there is no second counter that could drift from the data.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from sophon_face.store import keys
+from sophon_face.store.codec import StoreFormatError
+
+if TYPE_CHECKING:
+    from sophon_face.store.env import Txn
+
+#: Version of the key layout and database set (keys.py, env.DB_NAMES). Bump it when keys
+#: change shape; an older daemon then refuses the directory instead of misreading it.
+LAYOUT_VERSION = 1
+
+_NEXT_SEQ = keys.meta_key("next_seq")
+_LAYOUT = keys.meta_key("layout_version")
+_U64 = struct.Struct(">Q")
+
+
+def next_seq(txn: Txn) -> int:
+    """Take the next creation sequence number (1, 2, ...). Shared by all record kinds: one
+    counter is enough to order each kind by creation, and it never goes backwards."""
+    raw = txn.raw.get(_NEXT_SEQ, db=txn.dbs.meta)
+    seq = 1 if raw is None else _U64.unpack(raw)[0]
+    txn.raw.put(_NEXT_SEQ, _U64.pack(seq + 1), db=txn.dbs.meta)
+    return seq
+
+
+def check_layout(txn: Txn) -> None:
+    """Stamp a new store with ``LAYOUT_VERSION``; refuse one written by a newer layout."""
+    raw = txn.raw.get(_LAYOUT, db=txn.dbs.meta)
+    if raw is None:
+        txn.raw.put(_LAYOUT, _U64.pack(LAYOUT_VERSION), db=txn.dbs.meta)
+        return
+    found = _U64.unpack(raw)[0]
+    if found > LAYOUT_VERSION:
+        raise StoreFormatError(
+            f"store layout version {found} is newer than the {LAYOUT_VERSION} this "
+            "sophon-face understands; the data was written by a newer release")

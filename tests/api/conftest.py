@@ -1,0 +1,59 @@
+"""API tests run against a real daemon: real models, a real LMDB, a real socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+from sophon_face.config import Config, config_from_mapping
+from sophon_face.workers.models import PreparedModels
+
+from .live import LiveServer
+
+TEST_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+
+def make_config(data_dir: Path, **recognition: object) -> Config:
+    return config_from_mapping({
+        "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
+        "images": {"roots": [str(TEST_DATA_DIR)]},
+        "workers": {"count": 1, "intra_op_threads": 2},
+        "recognition": dict(recognition),
+    })
+
+
+@pytest.fixture(scope="session")
+def models(cpu_manifest, prepared_models: Dict[str, Path]) -> PreparedModels:
+    return PreparedModels(cpu_manifest, prepared_models["detector"], prepared_models["recognizer"])
+
+
+@pytest.fixture(scope="session")
+def server(models: PreparedModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One daemon shared by the API tests; tests use their own ids so they do not collide."""
+    live = LiveServer(make_config(tmp_path_factory.mktemp("daemon")), models).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture()
+def fresh_server(models: PreparedModels, tmp_path: Path) -> Iterator[LiveServer]:
+    """A daemon with an empty store, for tests that need exact library contents."""
+    live = LiveServer(make_config(tmp_path / "daemon"), models).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture()
+def small_library_server(models: PreparedModels, tmp_path: Path) -> Iterator[LiveServer]:
+    """A daemon whose library holds at most 2 faces (GROUP_LEN_ERROR)."""
+    live = LiveServer(make_config(tmp_path / "daemon", library_capacity=2), models).start()
+    yield live
+    live.stop()
+
+
+def photo(name: str) -> Path:
+    return TEST_DATA_DIR / name
+
+
