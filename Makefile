@@ -24,7 +24,7 @@ test: install check
 	$(PY) -m pytest -q tests
 
 check: install
-	$(PY) -m vermin -t=3.8- --no-tips --violations --exclude-regex '\.venv' sophon_face tests bench scripts
+	$(VENV)/bin/vermin -t=3.8- --no-tips --violations sophon_face tests bench
 	$(VENV)/bin/sophon-face check-config --config conf.yaml
 
 bench: install
