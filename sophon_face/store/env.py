@@ -48,10 +48,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Named sub-databases. ``permission_order`` mirrors ``identity_order`` so that groups page
-#: in creation order without loading and sorting every group.
+#: in creation order without loading and sorting every group. ``group_members`` lets
+#: deletepermission, group filters and the gallery load touch only a group's members
+#: instead of unpacking every identity.
 DB_NAMES: Tuple[str, ...] = (
     "identities",        # identity key -> identity record
     "identity_order",    # seq key -> identity key (creation order, for getidentities)
+    "group_members",     # permission key -> identity keys (dupsort; identities.py keeps it)
     "faces",             # face key (16-byte UUID) -> face record with its feature
     "images",            # register image key (16-byte UUID) -> JPEG bytes as received
     "permissions",       # permission key -> permission record
@@ -68,6 +71,8 @@ DEFAULT_MAP_SIZE_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE_BYTES = 32 * 1024 * 1024 * 1024
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 DEFAULT_READ_THREADS = 2
+#: Databases holding several sorted values per key.
+DUPSORT_DBS = frozenset({"group_members"})
 #: Reader slots beyond our own read threads: other processes opening the same directory
 #: (the ``import``/``export`` CLI) and the gallery load at start.
 READER_SLOT_HEADROOM = 30
@@ -91,6 +96,7 @@ class Databases:
 
     identities: Any
     identity_order: Any
+    group_members: Any
     faces: Any
     images: Any
     permissions: Any
@@ -318,7 +324,8 @@ class Store:
             if stale:
                 log.warning("cleared %d stale LMDB reader slot(s)", stale)
             with env.begin(write=True) as raw:
-                handles = {name: env.open_db(name.encode("ascii"), txn=raw, create=True)
+                handles = {name: env.open_db(name.encode("ascii"), txn=raw, create=True,
+                                             dupsort=name in DUPSORT_DBS)
                            for name in DB_NAMES}
                 dbs = Databases(**handles)
                 meta.check_layout(Txn(raw, dbs, True))

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 
+from sophon_face.errors import GroupLenError
 from sophon_face.store import codec, keys
 from sophon_face.store.env import Txn
 
@@ -69,6 +70,17 @@ def iter_all(txn: Txn) -> Iterator[Dict[str, Any]]:
 
 def count(txn: Txn) -> int:
     return txn.entries(txn.dbs.faces)
+
+
+def check_capacity(txn: Txn, capacity: int, adding: int = 1, removing: int = 0) -> None:
+    """Raise ``GroupLenError`` if the library would exceed ``capacity`` faces.
+
+    Called inside the write transaction that adds the faces, so two concurrent requests
+    cannot both pass a check made on an older count. ``removing`` counts the faces the same
+    transaction deletes (force_replace, replaceface).
+    """
+    if count(txn) - removing + adding > capacity:
+        raise GroupLenError()
 
 
 def _key_or_none(face_id: str) -> Optional[bytes]:

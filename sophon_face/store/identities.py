@@ -5,12 +5,16 @@ no duplicates), ``ext_user_info`` (dict of JSON values), ``face_ids`` and
 ``register_image_ids`` (parallel lists), ``seq`` (creation order) and ``created_at`` (float
 seconds). The faces and images themselves live in their own databases; keeping the three in
 step is the job of the service's write function, which changes them in one transaction.
+
+``put`` and ``delete`` also keep two indexes in the same transaction: ``identity_order``
+(creation order) and ``group_members`` (permission key -> identity keys), so that a group's
+members are found without reading every identity.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 from sophon_face.errors import IdNotFound
 from sophon_face.store import codec, keys, meta
@@ -53,12 +57,15 @@ def put(txn: Txn, record: Mapping[str, Any]) -> Dict[str, Any]:
     if old is not None:
         stored["seq"] = old["seq"]
         stored["created_at"] = old["created_at"]
+        _unlink_groups(txn, key, set(old["permission_ids"]) - set(stored["permission_ids"]))
+        _link_groups(txn, key, set(stored["permission_ids"]) - set(old["permission_ids"]))
     else:
         _refuse_digest_collision(txn, key, identity_id)
         stored["seq"] = meta.next_seq(txn)
         if stored.get("created_at") is None:
             stored["created_at"] = time.time()
         txn.raw.put(keys.seq_key(stored["seq"]), key, db=txn.dbs.identity_order)
+        _link_groups(txn, key, stored["permission_ids"])
     txn.raw.put(key, codec.pack(KIND, stored), db=txn.dbs.identities)
     return stored
 
@@ -72,8 +79,10 @@ def delete(txn: Txn, identity_id: str) -> Optional[Dict[str, Any]]:
     record = get(txn, identity_id)
     if record is None:
         return None
-    txn.raw.delete(keys.identity_key(identity_id), db=txn.dbs.identities)
+    key = keys.identity_key(identity_id)
+    txn.raw.delete(key, db=txn.dbs.identities)
     txn.raw.delete(keys.seq_key(record["seq"]), db=txn.dbs.identity_order)
+    _unlink_groups(txn, key, record["permission_ids"])
     return record
 
 
@@ -100,6 +109,35 @@ def count(txn: Txn) -> int:
     return txn.entries(txn.dbs.identities)
 
 
+def iter_group_member_ids(txn: Txn, permission_id: str) -> Iterator[str]:
+    """Ids of the identities in a group, in key order (not creation order)."""
+    cursor = txn.raw.cursor(db=txn.dbs.group_members)
+    if not cursor.set_key(keys.permission_key(permission_id)):
+        return
+    for identity_key in cursor.iternext_dup(keys=False, values=True):
+        yield _identity_id_of(txn, identity_key)
+
+
+def count_group_members(txn: Txn, permission_id: str) -> int:
+    """Number of identities in a group (O(log n), no record is read)."""
+    cursor = txn.raw.cursor(db=txn.dbs.group_members)
+    if not cursor.set_key(keys.permission_key(permission_id)):
+        return 0
+    return int(cursor.count())
+
+
+def iter_memberships(txn: Txn) -> Iterator[Tuple[str, str]]:
+    """Every (identity_id, permission_id) pair, grouped by permission (for bulk loads)."""
+    cursor = txn.raw.cursor(db=txn.dbs.group_members)
+    permission_id = ""
+    last_key = None
+    for permission_key, identity_key in cursor.iternext(keys=True, values=True):
+        if permission_key != last_key:
+            permission_id = _permission_id_of(txn, permission_key)
+            last_key = permission_key
+        yield _identity_id_of(txn, identity_key), permission_id
+
+
 def _get_by_key(txn: Txn, key: bytes, identity_id: str) -> Optional[Dict[str, Any]]:
     data = txn.raw.get(key, db=txn.dbs.identities)
     if data is None:
@@ -109,6 +147,50 @@ def _get_by_key(txn: Txn, key: bytes, identity_id: str) -> Optional[Dict[str, An
     if record["identity_id"] != identity_id:
         return None
     return record
+
+
+def rebuild_group_index(txn: Txn) -> int:
+    """Rebuild ``group_members`` from the identity records; returns the links written."""
+    txn.raw.drop(txn.dbs.group_members, delete=False)
+    links = 0
+    cursor = txn.raw.cursor(db=txn.dbs.identities)
+    for key, data in cursor.iternext(keys=True, values=True):
+        permission_ids = codec.unpack(KIND, data)["permission_ids"]
+        _link_groups(txn, key, permission_ids)
+        links += len(permission_ids)
+    return links
+
+
+def _link_groups(txn: Txn, key: bytes, permission_ids: Iterable[str]) -> None:
+    for permission_id in permission_ids:
+        txn.raw.put(keys.permission_key(permission_id), key, db=txn.dbs.group_members)
+
+
+def _unlink_groups(txn: Txn, key: bytes, permission_ids: Iterable[str]) -> None:
+    for permission_id in permission_ids:
+        txn.raw.delete(keys.permission_key(permission_id), key, db=txn.dbs.group_members)
+
+
+def _identity_id_of(txn: Txn, identity_key: bytes) -> str:
+    identity_id = keys.client_string_from_key(identity_key)
+    if identity_id is not None:
+        return identity_id
+    # Digest key (a long non-ASCII id): the record holds the id.
+    data = txn.raw.get(identity_key, db=txn.dbs.identities)
+    if data is None:
+        raise codec.StoreFormatError("group_members points at a missing identity")
+    return codec.unpack(KIND, data)["identity_id"]
+
+
+def _permission_id_of(txn: Txn, permission_key: bytes) -> str:
+    permission_id = keys.client_string_from_key(permission_key)
+    if permission_id is not None:
+        return permission_id
+    data = txn.raw.get(permission_key, db=txn.dbs.permissions)
+    if data is None:
+        # Identities may only name existing groups (deletepermission unlinks its members).
+        raise codec.StoreFormatError("group_members names a missing permission group")
+    return codec.unpack("permission", data)["permission_id"]
 
 
 def _refuse_digest_collision(txn: Txn, key: bytes, identity_id: str) -> None:

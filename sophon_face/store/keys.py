@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
+from typing import Optional
 
 #: Longest UTF-8 client string stored inline (tag byte + string). 254 keeps one key at
 #: 255 bytes, so two client keys can later be joined into one composite key (e.g. a
@@ -46,6 +47,14 @@ def client_string_key(value: str) -> bytes:
     if len(raw) <= MAX_INLINE_ID_BYTES:
         return _INLINE_TAG + raw
     return _DIGEST_TAG + hashlib.sha256(raw).digest()
+
+
+def client_string_from_key(key: bytes) -> Optional[str]:
+    """The string of an inline client key; None for a digest key (read the record then)."""
+    key = bytes(key)
+    if key[:1] == _INLINE_TAG:
+        return key[1:].decode("utf-8", "surrogatepass")
+    return None
 
 
 # The kinds share one function on purpose (one rule for client strings); the names say

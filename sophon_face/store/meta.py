@@ -7,6 +7,7 @@ so there is no second counter that could drift from the data.
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,10 @@ if TYPE_CHECKING:
 
 #: Version of the key layout and database set (keys.py, env.DB_NAMES). Bump it when keys
 #: change shape; an older daemon then refuses the directory instead of misreading it.
-LAYOUT_VERSION = 1
+#: 1: first layout. 2: adds the ``group_members`` index (built from the identities).
+LAYOUT_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 _NEXT_SEQ = keys.meta_key("next_seq")
 _LAYOUT = keys.meta_key("layout_version")
@@ -35,13 +39,18 @@ def next_seq(txn: Txn) -> int:
 
 
 def check_layout(txn: Txn) -> None:
-    """Stamp a new store with ``LAYOUT_VERSION``; refuse one written by a newer layout."""
+    """Stamp a new store with ``LAYOUT_VERSION``, upgrade an older one in the same
+    transaction, refuse one written by a newer layout."""
     raw = txn.raw.get(_LAYOUT, db=txn.dbs.meta)
-    if raw is None:
-        txn.raw.put(_LAYOUT, _U64.pack(LAYOUT_VERSION), db=txn.dbs.meta)
-        return
-    found = _U64.unpack(raw)[0]
+    found = LAYOUT_VERSION if raw is None else _U64.unpack(raw)[0]
     if found > LAYOUT_VERSION:
         raise StoreFormatError(
             f"store layout version {found} is newer than the {LAYOUT_VERSION} this "
             "sophon-face understands; the data was written by a newer release")
+    if found < 2:
+        # Imported here: identities imports this module for the sequence counter.
+        from sophon_face.store import identities
+        log.info("upgrading store layout %d -> 2: building the group membership index", found)
+        identities.rebuild_group_index(txn)
+    if found != LAYOUT_VERSION or raw is None:
+        txn.raw.put(_LAYOUT, _U64.pack(LAYOUT_VERSION), db=txn.dbs.meta)

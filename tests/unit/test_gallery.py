@@ -112,10 +112,8 @@ def test_empty_scopes_return_none():
     assert gallery.count_in_group("g") == 0
 
 
-@pytest.mark.parametrize("small_group_items", [0, 10 ** 9], ids=["mask", "lookup"])
 @pytest.mark.parametrize("gather_fraction", [0.0, 1.1], ids=["score-all", "gather"])
-def test_group_scoped_search_is_exact(monkeypatch, small_group_items, gather_fraction):
-    monkeypatch.setattr(gallery_module, "SMALL_GROUP_ITEMS", small_group_items)
+def test_group_scoped_search_is_exact(monkeypatch, gather_fraction):
     monkeypatch.setattr(gallery_module, "GATHER_FRACTION", gather_fraction)
     rng = np.random.default_rng(2)
     gallery, model = Gallery(DIM), Model()

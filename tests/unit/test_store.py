@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from sophon_face.errors import IdNotFound, InsufficientSpaceLeft, NameRepeatError
+from sophon_face.errors import GroupLenError, IdNotFound, InsufficientSpaceLeft, NameRepeatError
 from sophon_face.store import (
     AddFace, Gallery, SetGroups, Store, StoreClosed, codec, faces, identities, images, keys,
     meta, permissions,
@@ -222,6 +222,44 @@ def test_identity_invariants_are_enforced_before_writing(store_factory):
     assert run(scenario()) == 0
 
 
+def test_group_membership_index_follows_puts_and_deletes(store_factory):
+    long_group = "组" * 128  # digest-keyed
+    long_person = "人" * 128
+
+    def setup(txn):
+        permissions.put(txn, {"permission_id": long_group, "permission_name": "long",
+                              "description": ""})
+        identities.put(txn, identity_record("a", permission_ids=["g1", long_group]))
+        identities.put(txn, identity_record(long_person, permission_ids=[long_group]))
+        identities.put(txn, identity_record("c", permission_ids=["g1"]))
+        return None, None
+
+    def members(txn):
+        return ({g: sorted(identities.iter_group_member_ids(txn, g))
+                 for g in ("g1", long_group, "none")},
+                {g: identities.count_group_members(txn, g) for g in ("g1", long_group, "none")},
+                sorted(identities.iter_memberships(txn)))
+
+    async def scenario():
+        store = store_factory()
+        await store.open()
+        await store.write(setup)
+        first = await store.read(members)
+        await store.write(lambda t: (identities.put(
+            t, identity_record("a", permission_ids=[long_group, "g2"])), None))
+        await store.write(lambda t: (identities.delete(t, long_person), None))
+        second = await store.read(members)
+        return first, second
+
+    first, second = run(scenario())
+    assert first[0] == {"g1": ["a", "c"], long_group: sorted(["a", long_person]), "none": []}
+    assert first[1] == {"g1": 2, long_group: 2, "none": 0}
+    assert first[2] == sorted([("a", "g1"), ("a", long_group), (long_person, long_group),
+                               ("c", "g1")])
+    assert second[0] == {"g1": ["c"], long_group: ["a"], "none": []}
+    assert second[2] == sorted([("a", long_group), ("a", "g2"), ("c", "g1")])
+
+
 def test_permissions_name_index_follows_renames_and_deletes(store_factory):
     def create(txn, pid, name):
         return permissions.put(txn, {"permission_id": pid, "permission_name": name,
@@ -276,6 +314,27 @@ def test_faces_and_images_repositories(store_factory):
     assert faces.feature(record).shape == (DIM,)
     assert image == b"JPEGDATA" and exists is True and odd is None
     assert counts == (0, False)
+
+
+def test_capacity_check_counts_inside_the_transaction(store_factory):
+    rng = np.random.default_rng(11)
+
+    def create_within(txn, identity_id, capacity):
+        faces.check_capacity(txn, capacity)
+        return create_identity(txn, identity_id, unit(rng))
+
+    async def scenario():
+        store = store_factory()
+        await store.open()
+        results = await asyncio.gather(
+            *(store.write(create_within, f"p{i}", 3) for i in range(5)), return_exceptions=True)
+        replace_ok = await store.read(
+            lambda t: faces.check_capacity(t, 3, adding=1, removing=1))
+        return results, await store.read(faces.count), replace_ok
+
+    results, count, replace_ok = run(scenario())
+    assert [isinstance(r, GroupLenError) for r in results] == [False] * 3 + [True] * 2
+    assert count == 3 and replace_ok is None
 
 
 # ---------------------------------------------------------------------------- transactions
@@ -401,6 +460,38 @@ def test_newer_layout_is_refused(store_factory):
     run(stamp_future())
     with pytest.raises(codec.StoreFormatError, match="layout version"):
         run(store_factory().open())
+
+
+def test_layout_1_store_gets_its_group_index_on_open(store_factory):
+    rng = np.random.default_rng(12)
+
+    async def make_layout_1():
+        store = store_factory()
+        await store.open()
+        await store.write(create_identity, "a", unit(rng), b"jpeg", ["g1", "g2"])
+        await store.write(create_identity, "b", unit(rng), b"jpeg", ["g2"])
+
+        def downgrade(txn):
+            # What a layout-1 store looks like: no membership index, version 1.
+            txn.raw.drop(txn.dbs.group_members, delete=False)
+            txn.raw.put(keys.meta_key("layout_version"), struct.pack(">Q", 1), db=txn.dbs.meta)
+            return None, None
+
+        await store.write(downgrade)
+        await store.close()
+
+    async def reopen():
+        store = store_factory()
+        await store.open()
+        members = await store.read(lambda t: sorted(identities.iter_memberships(t)))
+        layout = await store.read(lambda t: t.raw.get(keys.meta_key("layout_version"),
+                                                      db=t.dbs.meta))
+        return members, struct.unpack(">Q", layout)[0], store.gallery.count_in_group("g2")
+
+    run(make_layout_1())
+    members, layout, in_g2 = run(reopen())
+    assert members == [("a", "g1"), ("a", "g2"), ("b", "g2")]
+    assert layout == meta.LAYOUT_VERSION and in_g2 == 2
 
 
 # ---------------------------------------------------------------------------- map growth
