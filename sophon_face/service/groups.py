@@ -100,11 +100,12 @@ class GroupService:
         def write(txn: Txn) -> Tuple[Dict[str, Any], List[GalleryChange]]:
             record = _addressed(txn, body)
             permission_id = record["permission_id"]
-            for identity in list(identities.iter_all(txn)):
-                if permission_id in identity["permission_ids"]:
-                    identity["permission_ids"] = [p for p in identity["permission_ids"]
-                                                  if p != permission_id]
-                    identities.put(txn, identity)
+            # Only the members are touched (the store keeps a group -> members index).
+            for identity_id in list(identities.iter_group_member_ids(txn, permission_id)):
+                identity = identities.require(txn, identity_id)
+                identity["permission_ids"] = [p for p in identity["permission_ids"]
+                                              if p != permission_id]
+                identities.put(txn, identity)
             permissions.delete(txn, permission_id)
             return {"permission_id": permission_id}, [RemoveGroup(permission_id)]
 

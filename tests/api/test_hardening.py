@@ -190,6 +190,8 @@ CASES = [
      "INVALID_ARGUMENTS", "permission_ids[1]: 7"),
     ("createidentity", {"register_feature": FEATURE_128, "ext_user_info": []},
      "INVALID_ARGUMENTS", "ext_user_info: []"),
+    ("createidentity", {"register_feature": FEATURE_128, "ext_user_info": {"n": 2 ** 70}},
+     "INVALID_ARGUMENTS", "ext_user_info: " + '{"n":%d}' % 2 ** 70),
     ("createidentity", {"register_feature": FEATURE_128, "force_replace": 1},
      "INVALID_ARGUMENTS", "force_replace: 1"),
     ("createidentity", {"register_feature": FEATURE_128, "permission_ids": ["no-such-group"]},
@@ -250,6 +252,15 @@ def test_parameter_errors(server, endpoint, body, code, message):
     reply = server.post(endpoint, body)
     assert reply.status == error_class(code).http_status, reply
     assert reply.error == (code, message)
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_extra_info_is_invalid(server, literal):
+    body = '{"register_feature": [%s], "ext_user_info": {"x": %s}}' % (
+        ",".join(["0.1"] * 128), literal)
+    reply = server.request("POST", "/sophon/v2/face/createidentity", body.encode(),
+                           {"Content-Type": "application/json"})
+    assert reply.status == 400 and reply.error[0] == "INVALID_ARGUMENTS"
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
