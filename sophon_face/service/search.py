@@ -55,8 +55,18 @@ def _scope(txn: Txn, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return group
 
 
-def _candidate(txn: Txn, match: Match, with_photo: bool) -> Tuple[Dict[str, Any], Optional[bytes]]:
-    identity = identities.require(txn, match.identity_id)
+#: How often a match is searched again when its face was changed between the gallery
+#: search and the identity read (each retry sees the gallery after that write).
+MATCH_RETRIES = 3
+
+
+def _candidate(txn: Txn, match: Match,
+               with_photo: bool) -> Optional[Tuple[Dict[str, Any], Optional[bytes]]]:
+    """The matched identity and photo, or None when a write replaced or deleted the
+    matched face after the gallery was searched."""
+    identity = identities.get(txn, match.identity_id)
+    if identity is None or match.face_id not in identity["face_ids"]:
+        return None
     photo = None
     if with_photo:
         index = identity["face_ids"].index(match.face_id)
@@ -94,19 +104,26 @@ class SearchService:
         min_face = body["min_face_size"]
         probe = await self._pool.run(_probe_job, source, self._access,
                                      self._min_face_size() if min_face is None else min_face)
-        compare_started = time.perf_counter()
-        try:
-            match = await self._store.run_in_read_pool(self._gallery.search, probe, group_id)
-        except Exception as exc:
-            raise MatchFail() from exc
-        compare_ms = (time.perf_counter() - compare_started) * 1000.0
-        if match is None:  # the scope emptied while the probe was being computed
-            raise EmptyGroupError()
-
-        score = cosine_to_score(match.score, self._match_cosine)
-        result = score >= self._match_threshold()  # R23
-        want_photo = body["with_register_photo"] and (result or not body["with_result_modification"])
-        identity, photo = await self._store.read(_candidate, match, want_photo)
+        compare_ms = 0.0
+        for _attempt in range(MATCH_RETRIES):
+            compare_started = time.perf_counter()
+            try:
+                match = await self._store.run_in_read_pool(self._gallery.search, probe, group_id)
+            except Exception as exc:
+                raise MatchFail() from exc
+            compare_ms += (time.perf_counter() - compare_started) * 1000.0
+            if match is None:  # the scope emptied while the probe was being computed
+                raise EmptyGroupError()
+            score = cosine_to_score(match.score, self._match_cosine)
+            result = score >= self._match_threshold()  # R23
+            want_photo = body["with_register_photo"] and (
+                result or not body["with_result_modification"])
+            candidate = await self._store.read(_candidate, match, want_photo)
+            if candidate is not None:
+                break
+        else:
+            raise MatchFail()  # the library kept changing under this probe
+        identity, photo = candidate
         reply: Dict[str, Any] = {
             "identity_id": identity["identity_id"],
             "identity_info": render_identity(identity),
