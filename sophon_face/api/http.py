@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..errors import (ApiError, EmptyRequestJson, ImageSizeTooLargeError, InternalError,
                       InvalidRequestJson, MethodNotAllowed, NotFound, UnsupportContentType)
+from .keys import SERVICES, Services
 from .validation import Context, Schema
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,17 @@ async def read_json_object(request: web.Request, empty_body_is_error: bool) -> D
 async def parse_request(request: web.Request, schema: Schema) -> Dict[str, Any]:
     body = await read_json_object(request, schema.empty_body_is_error)
     return schema.parse(body, request.app[VALIDATION_CONTEXT])
+
+
+UseCase = Callable[[Services, Dict[str, Any]], Awaitable[Mapping[str, Any]]]
+
+
+def json_endpoint(schema: Schema, use_case: UseCase) -> Handler:
+    """The shape of almost every endpoint: validate the body, call the use case, render."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await parse_request(request, schema)
+        return json_response(await use_case(request.app[SERVICES], body))
+    return handler
 
 
 # Typed application keys of the HTTP layer (set by app.build_app).

@@ -5,18 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import schemas
-from .http import VALIDATION_CONTEXT, json_response, parse_request
+from .http import VALIDATION_CONTEXT, json_endpoint, json_response, parse_request
 from .keys import SERVICES
 
 
-async def create(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.CREATE_IDENTITY)
-    return json_response(await request.app[SERVICES].identities.create(body))
-
-
-async def get_one(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.GET_IDENTITY)
-    return json_response(await request.app[SERVICES].identities.get(body["identity_id"]))
+create = json_endpoint(schemas.CREATE_IDENTITY, lambda s, body: s.identities.create(body))
+get_one = json_endpoint(schemas.GET_IDENTITY, lambda s, body: s.identities.get(body["identity_id"]))
+update = json_endpoint(schemas.UPDATE_IDENTITY, lambda s, body: s.identities.update(body))
+delete_many = json_endpoint(schemas.DELETE_IDENTITIES,
+                            lambda s, body: s.identities.delete_many(body["identity_ids"]))
+add_face = json_endpoint(schemas.ADD_FACE, lambda s, body: s.identities.add_face(body))
+delete_face = json_endpoint(schemas.DELETE_FACE, lambda s, body: s.identities.delete_face(body))
+replace_face = json_endpoint(schemas.REPLACE_FACE, lambda s, body: s.identities.replace_face(body))
 
 
 async def get_many(request: web.Request) -> web.Response:
@@ -26,31 +26,6 @@ async def get_many(request: web.Request) -> web.Response:
                                              prefix="filters.")
     return json_response(await request.app[SERVICES].identities.list(
         filters, body["page_limit"], body["page_index"]))
-
-
-async def update(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.UPDATE_IDENTITY)
-    return json_response(await request.app[SERVICES].identities.update(body))
-
-
-async def delete_many(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.DELETE_IDENTITIES)
-    return json_response(await request.app[SERVICES].identities.delete_many(body["identity_ids"]))
-
-
-async def add_face(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.ADD_FACE)
-    return json_response(await request.app[SERVICES].identities.add_face(body))
-
-
-async def delete_face(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.DELETE_FACE)
-    return json_response(await request.app[SERVICES].identities.delete_face(body))
-
-
-async def replace_face(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.REPLACE_FACE)
-    return json_response(await request.app[SERVICES].identities.replace_face(body))
 
 
 def _jpeg(data: bytes | None) -> web.Response:

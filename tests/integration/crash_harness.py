@@ -54,6 +54,7 @@ from sophon_face.store import faces, identities, keys
 from sophon_face.store.codec import StoreFormatError, feature_from_bytes
 from sophon_face.store.env import Store, Txn
 from sophon_face.store.gallery import AddFace, Gallery, GallerySnapshot
+from tests.api.live import Reply
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 TEST_DATA_DIR = REPO_DIR / "tests" / "data"
@@ -69,20 +70,6 @@ MAX_LIVE_IDENTITIES_PER_CLIENT = 6
 
 
 # ------------------------------------------------------------------------------ HTTP
-
-class Reply:
-    def __init__(self, status: int, headers: Dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.body.decode("utf-8"))
-
-    def __repr__(self) -> str:
-        return f"Reply({self.status}, {self.body[:300]!r})"
-
 
 class NotSent(Exception):
     """The connection was refused: the request certainly never reached a daemon."""
