@@ -31,6 +31,7 @@ ROUTES: List[Tuple[str, str, object]] = [
     ("POST", "/replaceface", identity.replace_face),
     ("POST", "/updateimage", identity.replace_face),  # R2
     ("GET", "/getregisterimage/{image_id}", identity.register_image_by_path),
+    ("GET", "/getregisterimage", identity.register_image_by_path),  # empty id: R4's 404
     ("POST", "/getregisterimage", identity.register_image_by_body),  # R3
     # compare.md
     ("POST", "/detect", compare.detect),

@@ -65,18 +65,22 @@ class FacePipeline:
 
     def analyze_largest(self, image: DecodedImage, fiqa_level: str, with_feature: bool = True,
                         min_face_size: Optional[float] = None, raise_on_low_quality: bool = True,
-                        times: Optional[Dict[str, float]] = None) -> AnalyzedFace:
+                        times: Optional[Dict[str, float]] = None,
+                        faces: Optional[Sequence[DetectedFace]] = None) -> AnalyzedFace:
         """The largest face (of short side >= ``min_face_size`` if given), its quality at
         ``fiqa_level`` and, if asked, its feature.
 
         Raises ``NoFaceError`` when there is no face, ``LowQualityError("face_size")`` when
         every face is smaller than ``min_face_size``, and ``LowQualityError`` with the
         failed items when the face fails the level and ``raise_on_low_quality`` is set.
+        ``faces`` (from ``detect``) skips detection, for callers that must report every
+        image's missing face before any quality failure (compare).
         """
         level = normalize_fiqa_level(fiqa_level)
         watch = _Stopwatch(times)
-        faces = self.detect(image)
-        watch.lap("detect")
+        if faces is None:
+            faces = self.detect(image)
+            watch.lap("detect")
         if min_face_size is not None:
             faces = [f for f in faces if f.short_side >= min_face_size]
             if not faces:

@@ -109,12 +109,13 @@ def _fiqa_job(pipeline: FacePipeline, source: ImageInput, access: ImageAccess,
 
 def _compare_job(pipeline: FacePipeline, first: ImageInput, second: ImageInput,
                  access: ImageAccess, level: str) -> float:
-    # Image 1 is loaded, detected and checked entirely before image 2 (compare.md 3).
-    faces = []
-    for source in (first, second):
-        image = load_image(source, access.limits, access.roots)
-        faces.append(pipeline.analyze_largest(image, level, with_feature=True))
-    a, b = faces[0].feature, faces[1].feature
+    # compare.md 3 checks in stages: loading (image 1, then 2), then faces (1, then 2),
+    # then quality (1, then 2), so a later image's load error beats an earlier no-face.
+    images = [load_image(source, access.limits, access.roots) for source in (first, second)]
+    detected = [pipeline.detect(image) for image in images]
+    analyzed = [pipeline.analyze_largest(image, level, with_feature=True, faces=faces)
+                for image, faces in zip(images, detected)]
+    a, b = analyzed[0].feature, analyzed[1].feature
     assert a is not None and b is not None
     return float(a @ b)
 

@@ -104,6 +104,16 @@ def test_image_2_without_a_face_is_named(server):
     assert reply.error == ("NO_FACE_ERROR", "image_2_base64")
 
 
+def test_compare_reports_load_errors_before_faces_and_faces_before_quality(server):
+    no_face = b64_of(photo("no_face_coffee.jpg"))
+    small_face = b64_of(photo("astronaut_collins.jpg"))  # fails "high" on face_size
+    reply = server.post("compare", {"image_1_base64": no_face, "image_2_base64": "garbage!"})
+    assert reply.error == ("IMAGE_DECODE_ERROR", "image_2_base64")
+    reply = server.post("compare", {"image_1_base64": small_face, "image_2_base64": no_face,
+                                    "fiqa_level": "high"})
+    assert reply.error == ("NO_FACE_ERROR", "image_2_base64")
+
+
 def test_compare_quality_failure_lists_items(server):
     # The 90-px astronaut face is below the 112 px "high" face size.
     reply = server.post("compare", {"image_1_base64": b64_of(photo("astronaut_collins.jpg")),

@@ -85,6 +85,8 @@ def test_feature_registration_has_an_image_id_without_a_photo(server):
     assert reply.status == 404 and reply.body == b""  # R4, R19
     assert reply.headers["content-type"] == "image/jpeg"
     assert register_image(server, "not-an-id").status == 404
+    empty = server.request("GET", "/sophon/v2/face/getregisterimage/")
+    assert empty.status == 404 and empty.body == b"" and empty.headers["content-type"] == "image/jpeg"
 
 
 def test_feature_as_base64_float32(server):
