@@ -1,9 +1,11 @@
 """Application wiring: ``build_app(config)`` and the daemon's lifecycle.
 
 Lifecycle (one ``cleanup_ctx``): prepare the models (checksums, fp32 folding, cached),
-start the worker pool (each worker loads and warms its own sessions), open the store and
-rebuild the gallery from it (its dimension is the active recognizer's), then serve.
-Shutdown runs the same steps backwards; queued writes finish before the store closes.
+open the shared batching backends if batching is on, start the worker pool (each worker
+builds and warms its pipeline, on its own sessions or on the shared backends), open the
+store and rebuild the gallery from it (its dimension is the active recognizer's), then
+serve. Shutdown runs the same steps backwards; queued writes finish before the store
+closes, and the shared backends close after the pool, whose pipelines use them.
 """
 
 from __future__ import annotations
@@ -65,12 +67,25 @@ class _Lifecycle:
         loop = asyncio.get_running_loop()
         models = self.models or await loop.run_in_executor(
             None, prepare_models, config.manifest_path(), config.model_cache_dir)
+        factory = pipeline_factory(models, self.backend_options, QualityThresholds(),
+                                   batching=config.workers.batching,
+                                   batch_wait_ms=config.workers.batch_wait_ms)
+        # Off the loop: opening a batching backend loads its model on the batching thread.
+        await loop.run_in_executor(None, factory.open)
         pool: WorkerPool[FacePipeline] = WorkerPool(
-            pipeline_factory(models, self.backend_options, QualityThresholds()),
-            warm_up=FacePipeline.warm_up, close=FacePipeline.close,
+            factory, warm_up=FacePipeline.warm_up, close=FacePipeline.close,
             count=config.workers.count, queue_size=config.workers.queue_size,
             timeout_s=config.workers.timeout_s)
-        await pool.start()
+
+        async def close_inference() -> None:
+            await pool.close()
+            await loop.run_in_executor(None, factory.close)
+
+        try:
+            await pool.start()
+        except BaseException:
+            await close_inference()
+            raise
         gallery = Gallery(models.feature_dim)
         store = Store(config.data_dir, gallery=gallery,
                       map_size_bytes=config.storage.map_size_bytes,
@@ -80,7 +95,7 @@ class _Lifecycle:
         try:
             await store.open()
         except BaseException:
-            await pool.close()
+            await close_inference()
             raise
         log.info("store %s open: %d faces in the gallery", store.path, gallery.count())
         access = ImageAccess(tuple(config.image_roots), ImageLimits(
@@ -107,7 +122,8 @@ class _Lifecycle:
                 "models": models.describe(),
                 "feature_dim": models.feature_dim,
                 "warm_up": {"ok": warm.ok, "ms": warm.ms, "error": warm.error},
-                "workers": {"count": config.workers.count, "pending": pool.pending},
+                "workers": {"count": config.workers.count, "pending": pool.pending,
+                            "batching": factory.stats()},
                 "store": {"open": store.is_open, "faces": gallery.count()},
                 "uptime_s": round(time.time() - started, 1),
             }
@@ -120,4 +136,4 @@ class _Lifecycle:
             yield
         finally:
             await store.close()
-            await pool.close()
+            await close_inference()

@@ -68,16 +68,30 @@ class ModelsConfig:
     tpu_id: int = 0
 
 
+#: ``workers.batching`` values: "auto" batches on the SAIL runtime only.
+BATCHING_MODES = ("auto", "on", "off")
+
+
 @dataclass(frozen=True)
 class WorkersConfig:
-    #: Inference workers, each with its own model sessions. On the CPU profile
-    #: count x intra_op_threads should not exceed the cores; on the SE5 keep 1 (one TPU).
+    #: Inference workers: threads that each run whole requests (decode, detect, align,
+    #: quality, embed). On the CPU profile each has its own model sessions, so count x
+    #: intra_op_threads should not exceed the cores. On the SE5 the workers share one
+    #: batching TPU thread per model, so 2-4 workers keep the CPU stages busy on the
+    #: 8 cores while faces of concurrent requests share TPU batches.
     count: int = 1
     intra_op_threads: int = 2
     #: Requests waiting for a worker beyond this are refused at once (HTTP 503).
     queue_size: int = 32
     #: A request waiting longer than this for its result fails with INTERNAL_ERROR.
     timeout_s: float = 60.0
+    #: Cross-request micro-batching: one shared inference thread per model that joins
+    #: concurrent workers' inputs into one run. "auto": on for SAIL (one TPU core, batch
+    #: 4 costs about what batch 1 does), off for ONNX Runtime (per-worker sessions).
+    batching: str = "auto"
+    #: How long a batch may wait for more callers after its first one arrived; it waits
+    #: only while callers are seen to overlap, so a lone client is never delayed.
+    batch_wait_ms: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ _CHECKS = {
     ("workers", "intra_op_threads"): lambda v: v >= 1,
     ("workers", "queue_size"): lambda v: v >= 1,
     ("workers", "timeout_s"): lambda v: v > 0,
+    ("workers", "batching"): lambda v: v in BATCHING_MODES,
+    ("workers", "batch_wait_ms"): lambda v: 0 <= v <= 100,
     ("storage", "read_threads"): lambda v: v >= 1,
     ("storage", "map_size_bytes"): lambda v: v >= 1024 * 1024,
     ("recognition", "match_threshold"): lambda v: 0 <= v <= 100,

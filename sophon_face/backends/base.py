@@ -2,7 +2,9 @@
 
 A backend owns loading, dtype/layout conversion, batch padding and warm-up. It knows
 nothing about faces: detectors, quality models and embedders take a backend and own
-all model maths (pipeline/). A backend object is used from one thread only.
+all model maths (pipeline/). A backend object is used from one thread only, except
+``BatchingBackend`` (batching.py), which exists to take ``run`` calls from many threads
+and funnel them into one inner backend on its own thread.
 """
 
 from __future__ import annotations

@@ -53,11 +53,12 @@ class SailBackend:
 
     Threading: a SAIL Engine is one bmruntime with per-graph I/O buffers shared by all
     callers and no lock, so it must only be used from the thread that created it; ``run``
-    from any other thread raises BackendError. Construct the backend on the worker thread
-    that will run it. The numpy-path ``Engine.process`` also holds the GIL for the whole
-    TPU run (5-25 ms), so the worker pool keeps a single TPU worker thread: more threads
-    would add no TPU throughput (BM1684 has one core) and only contend for the GIL.
-    Releasing the GIL needs SAIL's Tensor path (``sail.Tensor`` inputs/outputs), a later
+    from any other thread raises BackendError. Construct the backend on the thread that
+    will run it: the daemon wraps it in a ``BatchingBackend`` (batching.py), whose single
+    thread opens and runs it, because more threads would add no TPU throughput (BM1684
+    has one core) while batching does. The numpy-path ``Engine.process`` also holds the
+    GIL for the whole TPU run (5-25 ms), stalling the workers' CPU stages meanwhile;
+    releasing it needs SAIL's Tensor path (``sail.Tensor`` inputs/outputs), a later
     optimisation that would change only this file.
 
     Batching: a static bmodel accepts only the shapes it was compiled for. ``batch_sizes``

@@ -1,7 +1,8 @@
 """The face stages in request order: detect -> pick -> align -> quality -> embed.
 
-One ``FacePipeline`` lives in each worker, next to the backends it was built on; it is
-synchronous and used from that worker's thread only.
+One ``FacePipeline`` lives in each worker, next to the backends it was built on (its
+own sessions, or its clients of backends shared by all workers); it is synchronous and
+used from that worker's thread only.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The inference worker pool: warmed model pipelines on their own threads.
 
-Each worker is one thread that builds, warms and exclusively uses its own pipeline (its
-own backend sessions): a SAIL Engine must only be used from the thread that made it, and
-ONNX Runtime and OpenCV release the GIL, so threads give real parallelism on the CPU
-profile without a copy of the models per process. The event loop only awaits results.
+Each worker is one thread that builds, warms and exclusively uses its own pipeline.
+On the CPU profile a pipeline has its own backend sessions: ONNX Runtime and OpenCV
+release the GIL, so threads give real parallelism without a copy of the models per
+process. With batching (the SAIL default) every pipeline runs its models through shared
+``BatchingBackend``s instead, whose own thread owns the thread-bound SAIL Engine and joins
+the workers' inputs into TPU batches (workers/models.py). The event loop only awaits
+results.
 
 Back-pressure: at most ``count`` jobs run and ``queue_size`` wait; a job beyond that is
 refused at once with ServiceBusy (HTTP 503) instead of queueing without bound.

@@ -44,6 +44,8 @@ def test_unknown_keys_are_rejected_with_their_path():
     ({"images": {"roots": "/data"}}, r"images\.roots: expected a list of strings"),
     ({"recognition": {"match_threshold": 101}}, r"recognition\.match_threshold: invalid value"),
     ({"storage": []}, r"storage: expected a mapping"),
+    ({"workers": {"batching": "yes"}}, r"workers\.batching: invalid value 'yes'"),
+    ({"workers": {"batch_wait_ms": -1}}, r"workers\.batch_wait_ms: invalid value -1"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
