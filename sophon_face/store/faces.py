@@ -9,7 +9,7 @@ little-endian float32 bytes, codec.feature_to_bytes), ``dim`` (number of floats)
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -66,6 +66,19 @@ def iter_all(txn: Txn) -> Iterator[Dict[str, Any]]:
     cursor = txn.raw.cursor(db=txn.dbs.faces)
     for data in cursor.iternext(keys=False, values=True):
         yield codec.unpack(KIND, data)
+
+
+def iter_gallery_rows(txn: Txn) -> Iterator[Tuple[bytes, str, int, bytes]]:
+    """``(face key, identity_id, dim, feature bytes)`` of every face, in key order.
+
+    What a gallery rebuild needs, each record decoded once. The face id is left as its
+    16-byte key (``keys.uuid_from_key`` turns it into the id), which is also the form the
+    gallery keeps, so no id string is built per face.
+    """
+    cursor = txn.raw.cursor(db=txn.dbs.faces)
+    for key, data in cursor.iternext(keys=True, values=True):
+        record = codec.unpack(KIND, data)
+        yield key, record["identity_id"], record["dim"], record["feature"]
 
 
 def count(txn: Txn) -> int:

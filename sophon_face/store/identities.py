@@ -14,7 +14,7 @@ members are found without reading every identity.
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from sophon_face.errors import IdNotFound
 from sophon_face.store import codec, keys, meta
@@ -136,6 +136,22 @@ def iter_memberships(txn: Txn) -> Iterator[Tuple[str, str]]:
             permission_id = _permission_id_of(txn, permission_key)
             last_key = permission_key
         yield _identity_id_of(txn, identity_key), permission_id
+
+
+def iter_groups(txn: Txn) -> Iterator[Tuple[str, List[str]]]:
+    """Every permission group that has members, with its member identity ids (bulk loads).
+
+    One pass over ``group_members``, key by key: each permission key is decoded once, and
+    a member's id is read from its key (a record is read only for the rare digest key).
+    """
+    cursor = txn.raw.cursor(db=txn.dbs.group_members)
+    found = cursor.first()
+    while found:
+        permission_id = _permission_id_of(txn, cursor.key())
+        members = [_identity_id_of(txn, identity_key)
+                   for identity_key in cursor.iternext_dup(keys=False, values=True)]
+        yield permission_id, members
+        found = cursor.next_nodup()
 
 
 def _get_by_key(txn: Txn, key: bytes, identity_id: str) -> Optional[Dict[str, Any]]:
