@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[cpu,test,bench]"
+	$(PY) -m pip install --quiet -e ".[cpu,test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -27,7 +27,9 @@ check: install
 	$(VENV)/bin/vermin -t=3.8- --no-tips --violations sophon_face tests bench
 	$(VENV)/bin/sophon-face check-config --config conf.yaml
 
+# Benchmarks add faiss-cpu (the search baseline); results go to bench/results/.
 bench: install
+	$(PY) -m pip install --quiet -e ".[cpu,test,bench]"
 	$(PY) bench/pipeline.py
 	$(PY) bench/search.py
 

@@ -30,8 +30,7 @@ EXTRAS_REQUIRE = {
         "vermin>=1.5",
     ],
     "bench": [
-        "faiss-cpu>=1.7",
-        "psutil>=5.9",
+        "faiss-cpu>=1.7",  # the search baseline of bench/search.py
     ],
 }
 
