@@ -102,7 +102,7 @@ class _Lifecycle:
             max_encoded_bytes=config.images.max_encoded_bytes,
             max_side_px=config.images.max_side_px,
             max_pixels=config.images.max_side_px * config.images.max_side_px))
-        match_cosine = float(models.manifest.recognizer.match_cosine or 0.5)
+        match_cosine = float(models.manifest.recognizer.match_cosine)  # required by the manifest
         recognition = config.recognition
         analysis = FaceAnalysis(pool, access, match_cosine)
         identities = IdentityService(store, pool, access,
