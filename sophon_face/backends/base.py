@@ -10,7 +10,7 @@ and funnel them into one inner backend on its own thread.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,3 +54,36 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Release the runtime's resources."""
+
+
+def checked_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray],
+                  owner: str) -> Tuple[Dict[str, np.ndarray], int]:
+    """Feeds as C-contiguous float32 arrays of our own, checked against ``specs``.
+
+    Exactly the model's inputs (a runtime may silently reuse a stale buffer for a missing
+    one), the fixed dimensions of each spec (``None`` is free), one batch size N >= 1.
+    Contiguity matters for SAIL, which would otherwise copy a strided input and write the
+    copy back into the caller's buffer. Returns the arrays and N; ``owner`` names the model
+    in errors.
+    """
+    names = [spec.name for spec in specs]
+    if set(feeds) != set(names):
+        raise BackendError(f"{owner}: feeds {sorted(feeds)} do not match the model "
+                           f"inputs {sorted(names)}")
+    arrays: Dict[str, np.ndarray] = {}
+    batch: Optional[int] = None
+    for spec in specs:
+        array = np.ascontiguousarray(feeds[spec.name], dtype=np.float32)
+        fixed = tuple(spec.shape)[1:]
+        if array.ndim != len(spec.shape) or any(
+                want is not None and want != got for want, got in zip(fixed, array.shape[1:])):
+            raise BackendError(f"{owner}: input {spec.name!r} has shape {array.shape}, "
+                               f"the model takes {tuple(spec.shape)}")
+        if batch is None:
+            batch = array.shape[0]
+        elif array.shape[0] != batch:
+            raise BackendError(f"{owner}: inputs disagree on the batch size")
+        arrays[spec.name] = array
+    if not batch:
+        raise BackendError(f"{owner}: empty batch")
+    return arrays, batch

@@ -37,7 +37,7 @@ from typing import Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .base import Backend, BackendError, TensorSpec
+from .base import Backend, BackendError, TensorSpec, checked_feeds
 
 log = logging.getLogger(__name__)
 
@@ -208,29 +208,10 @@ class BatchingBackend:
     def _request(self, feeds: Dict[str, np.ndarray]) -> _Request:
         """Check one caller's feeds before they join a batch: a malformed request must
         fail alone, not take the other callers of its batch down with it."""
-        names = [spec.name for spec in self._input_specs]
-        if set(feeds) != set(names):
-            raise BackendError(f"{self._name}: feeds {sorted(feeds)} do not match the model "
-                               f"inputs {sorted(names)}")
-        arrays: Dict[str, np.ndarray] = {}
-        samples: Optional[int] = None
-        for spec in self._input_specs:
-            array = np.ascontiguousarray(feeds[spec.name], dtype=np.float32)
-            fixed = tuple(spec.shape)[1:]
-            if array.ndim != len(spec.shape) or any(
-                    want is not None and want != got for want, got in zip(fixed, array.shape[1:])):
-                raise BackendError(f"{self._name}: input {spec.name!r} has shape {array.shape}, "
-                                   f"the model takes {tuple(spec.shape)}")
-            if samples is None:
-                samples = array.shape[0]
-            elif array.shape[0] != samples:
-                raise BackendError(f"{self._name}: inputs disagree on the batch size")
-            arrays[spec.name] = array
-        if not samples:
-            raise BackendError(f"{self._name}: empty batch")
+        arrays, samples = checked_feeds(self._input_specs, feeds, self._name)
         # Only requests with equal per-sample shapes can be concatenated (a model with free
         # spatial dimensions may get differently sized inputs).
-        key = tuple((name, tuple(arrays[name].shape[1:])) for name in names)
+        key = tuple((name, tuple(array.shape[1:])) for name, array in arrays.items())
         return _Request(arrays, samples, key)
 
     # -- the batching thread ------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .base import BackendError, TensorSpec
+from .base import BackendError, TensorSpec, checked_feeds
 
 log = logging.getLogger(__name__)
 
@@ -208,32 +208,9 @@ class SailBackend:
                 for name in self._output_names}
 
     def _prepare(self, feeds: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], int]:
-        names = set(feeds)
-        expected = set(self._input_names)
-        if names != expected:
-            # SAIL does not check for missing inputs: it would silently reuse a stale buffer.
-            raise BackendError(f"{self._path}: feeds {sorted(names)} do not match the model "
-                               f"inputs {sorted(expected)}")
-        inputs: Dict[str, np.ndarray] = {}
-        batch: Optional[int] = None
-        for name in self._input_names:
-            # Always a C-contiguous float32 array of our own when the caller's is not: SAIL
-            # would otherwise make the contiguous copy itself and memcpy it back into the
-            # caller's strided buffer (corrupting e.g. an HWC image behind a transposed view),
-            # and it force-casts other dtypes to float32 anyway.
-            array = np.ascontiguousarray(feeds[name], dtype=np.float32)
-            sample = self._sample_shapes[name]
-            if array.ndim != len(sample) + 1 or tuple(array.shape[1:]) != sample:
-                raise BackendError(f"{self._path}: input {name!r} has shape {array.shape}, "
-                                   f"the model takes (N,) + {sample}")
-            if batch is None:
-                batch = array.shape[0]
-            elif array.shape[0] != batch:
-                raise BackendError(f"{self._path}: inputs disagree on the batch size")
-            inputs[name] = array
-        if not batch:
-            raise BackendError(f"{self._path}: empty batch")
-        return inputs, batch
+        # Own C-contiguous float32 copies: SAIL would otherwise copy a strided input itself
+        # and memcpy it back into the caller's buffer, and it force-casts dtypes anyway.
+        return checked_feeds(self.input_specs(), feeds, self._path)
 
     def _process(self, engine: Any, chunk: Dict[str, np.ndarray], compiled: int) -> Dict[str, np.ndarray]:
         try:

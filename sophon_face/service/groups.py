@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import IdNotFound, IdRepeatError, NameRepeatError
+from ..errors import IdRepeatError, NameRepeatError
 from ..store import identities, permissions
 from ..store.env import Store, Txn
 from ..store.gallery import GalleryChange, RemoveGroup
@@ -36,14 +36,8 @@ def _addressed(txn: Txn, body: Dict[str, Any]) -> Dict[str, Any]:
     """The group named by ``permission_id`` or ``permission_name``; ID_NOT_FOUND carries
     the value used for the lookup."""
     if body["address"] == "permission_id":
-        record = permissions.get_by_id(txn, body["permission_id"])
-        if record is None:
-            raise IdNotFound(body["permission_id"])
-        return record
-    record = permissions.get_by_name(txn, body["permission_name"])
-    if record is None:
-        raise IdNotFound(body["permission_name"])
-    return record
+        return permissions.require_by_id(txn, body["permission_id"])
+    return permissions.require_by_name(txn, body["permission_name"])
 
 
 class GroupService:

@@ -28,7 +28,7 @@ from ..store import faces, identities, images, permissions
 from ..store.env import Store, Txn
 from ..store.gallery import AddFace, GalleryChange, RemoveFace, RemoveIdentity, SetGroups
 from ..workers.pool import WorkerPool
-from .analysis import ImageAccess
+from .analysis import ImageAccess, image_input
 from .paging import page_of
 
 IDENTITY_FIELDS = ("ext_user_info", "face_ids", "identity_id", "identity_name",
@@ -99,9 +99,7 @@ class IdentityService:
         source = body["source"]
         if source == "register_feature":
             return body["register_feature"], None  # R19: no photo behind its image id
-        image = (ImageInput("register_image", base64_text=body["register_image"])
-                 if source == "register_image"
-                 else ImageInput("register_image_path", path=body["register_image_path"]))
+        image = image_input(body, "source", "register_image", "register_image_path")
         return await self._pool.run(_registration_job, image, self._access, body["fiqa_level"])
 
     @staticmethod
@@ -170,11 +168,11 @@ class IdentityService:
                     and (exact_id is None or record["identity_id"] == exact_id))
 
         def scan(txn: Txn) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
-            return page_of((render_identity(r) for r in identities.iter_in_order(txn) if matches(r)),
+            return page_of((r for r in identities.iter_in_order(txn) if matches(r)),
                            page_limit, page_index)
 
-        items, pagination = await self._store.read(scan)
-        return {"identities": items, "pagination": pagination}
+        records, pagination = await self._store.read(scan)
+        return {"identities": [render_identity(r) for r in records], "pagination": pagination}
 
     async def register_image(self, image_id: str) -> Optional[bytes]:
         return await self._store.read(images.get, image_id)

@@ -187,26 +187,25 @@ def _unlink_groups(txn: Txn, key: bytes, permission_ids: Iterable[str]) -> None:
         txn.raw.delete(keys.permission_key(permission_id), key, db=txn.dbs.group_members)
 
 
-def _identity_id_of(txn: Txn, identity_key: bytes) -> str:
-    identity_id = keys.client_string_from_key(identity_key)
-    if identity_id is not None:
-        return identity_id
-    # Digest key (a long non-ASCII id): the record holds the id.
-    data = txn.raw.get(identity_key, db=txn.dbs.identities)
+def _client_id_of(txn: Txn, key: bytes, db: Any, kind: str, field: str) -> str:
+    """The client id behind a ``group_members`` key. A digest key (a long non-ASCII id)
+    does not spell the id, so it is read from the record the key addresses."""
+    client_id = keys.client_string_from_key(key)
+    if client_id is not None:
+        return client_id
+    data = txn.raw.get(key, db=db)
     if data is None:
-        raise codec.StoreFormatError("group_members points at a missing identity")
-    return codec.unpack(KIND, data)["identity_id"]
+        # Identities may only name existing groups (deletepermission unlinks its members).
+        raise codec.StoreFormatError(f"group_members points at a missing {kind}")
+    return codec.unpack(kind, data)[field]
+
+
+def _identity_id_of(txn: Txn, identity_key: bytes) -> str:
+    return _client_id_of(txn, identity_key, txn.dbs.identities, KIND, "identity_id")
 
 
 def _permission_id_of(txn: Txn, permission_key: bytes) -> str:
-    permission_id = keys.client_string_from_key(permission_key)
-    if permission_id is not None:
-        return permission_id
-    data = txn.raw.get(permission_key, db=txn.dbs.permissions)
-    if data is None:
-        # Identities may only name existing groups (deletepermission unlinks its members).
-        raise codec.StoreFormatError("group_members names a missing permission group")
-    return codec.unpack("permission", data)["permission_id"]
+    return _client_id_of(txn, permission_key, txn.dbs.permissions, "permission", "permission_id")
 
 
 def _refuse_digest_collision(txn: Txn, key: bytes, identity_id: str) -> None:
