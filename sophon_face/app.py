@@ -131,7 +131,9 @@ class _Lifecycle:
 
         app[VALIDATION_CONTEXT] = Context(feature_dim=models.feature_dim)
         app[SERVICES] = Services(analysis=analysis, identities=identities,
-                                 groups=GroupService(store), search=search, health=health)
+                                 groups=GroupService(store), search=search,
+                                 devices=None, events=None, settings=None,  # type: ignore[arg-type]
+                                 data=None, login=None, health=health)  # type: ignore[arg-type]
         try:
             yield
         finally:

@@ -1,7 +1,8 @@
 """``sophon-face``: serve | health | check-config. The only module that exits.
 
 Contract relied on by scripts and the systemd unit:
-  sophon-face serve [--config FILE] [--host H] [--port N] [--data-dir DIR] [--image-root DIR ...]
+  sophon-face serve [--config FILE] [--host H] [--port N] [--ws-port N] [--data-dir DIR]
+                    [--image-root DIR ...]
   sophon-face health [--url URL]      stdlib only; exit 0 healthy, 1 otherwise; one line
   sophon-face check-config [--config FILE]
 """
@@ -27,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="configuration file (default: embedded defaults)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--ws-port", dest="ws_port", type=int,
+                       help="real-time event WebSocket port (default 5679)")
     serve.add_argument("--data-dir", dest="data_dir")
     serve.add_argument("--image-root", dest="image_roots", action="append", default=[],
                        help="folder *_path parameters may read (repeatable)")
@@ -48,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = with_overrides(load_config(args.config), host=args.host, port=args.port,
-                                data_dir=args.data_dir, image_roots=args.image_roots)
+                                ws_port=args.ws_port, data_dir=args.data_dir, image_roots=args.image_roots)
         config.manifest_path()
     except ConfigError as exc:
         print(f"sophon-face: configuration error: {exc}", file=sys.stderr)

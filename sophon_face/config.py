@@ -31,6 +31,8 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 5555
+    #: The real-time event WebSocket (api/event.md 7); 0 picks a free port (tests).
+    ws_port: int = 5679
     #: api/README.md 3.1: bodies above this get HTTP 413 (aiohttp's 1 MiB is too small).
     max_body_bytes: int = 32 * 1024 * 1024
     #: Grace period for in-flight requests on shutdown.
@@ -103,6 +105,36 @@ class RecognitionConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    #: Event images (face crops, scene images): the "local" directory of
+    #: GATE_EVENT_IMAGE_PATH; default <data_dir>/events.
+    image_dir: str = ""
+    #: The "remote" directory of GATE_EVENT_IMAGE_PATH (upstream: a second disk).
+    remote_image_dir: str = "/data2/events"
+    #: Retention: beyond either limit the oldest events (with their images) are deleted,
+    #: so an edge box's disk never fills with history.
+    max_events: int = 100000
+    max_image_bytes: int = 4 * 1024 * 1024 * 1024
+    #: JPEG quality of stored face crops and re-encoded scene images.
+    jpeg_quality: int = 90
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    #: Most media devices the box accepts (device.md 1: DEVICE_MAX_NUM_ERROR beyond).
+    max_count: int = 16
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    #: Real-time WebSocket: messages queued per connection before the oldest is dropped.
+    realtime_queue_size: int = 100
+    #: History push: events sent per round and the timeout of one POST (event.md 8).
+    history_batch: int = 100
+    history_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -115,6 +147,9 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    push: PushConfig = field(default_factory=PushConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     #: Folder relative paths in the file resolve against (not a YAML key).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -131,6 +166,14 @@ class Config:
     @property
     def model_cache_dir(self) -> Path:
         return self.resolve(self.models.cache_dir) if self.models.cache_dir else self.data_dir / "models"
+
+    @property
+    def event_image_dir(self) -> Path:
+        return self.resolve(self.events.image_dir) if self.events.image_dir else self.data_dir / "events"
+
+    @property
+    def remote_event_image_dir(self) -> Path:
+        return self.resolve(self.events.remote_image_dir)
 
     @property
     def image_roots(self) -> List[Path]:
@@ -157,6 +200,14 @@ class Config:
 _CHECKS = {
     ("server", "port"): lambda v: 1 <= v <= 65535,
     ("server", "max_body_bytes"): lambda v: v > 0,
+    ("server", "ws_port"): lambda v: 0 <= v <= 65535,
+    ("events", "max_events"): lambda v: v >= 1,
+    ("events", "max_image_bytes"): lambda v: v >= 0,
+    ("events", "jpeg_quality"): lambda v: 1 <= v <= 100,
+    ("devices", "max_count"): lambda v: v >= 1,
+    ("push", "realtime_queue_size"): lambda v: v >= 1,
+    ("push", "history_batch"): lambda v: v >= 1,
+    ("push", "history_timeout_s"): lambda v: v > 0,
     ("models", "profile"): lambda v: v in PROFILE_MANIFESTS,
     ("workers", "count"): lambda v: v >= 1,
     ("workers", "intra_op_threads"): lambda v: v >= 1,
@@ -251,6 +302,10 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
         if not 1 <= int(overrides["port"]) <= 65535:
             raise ConfigError(f"--port: invalid value {overrides['port']!r}")
         server = dataclasses.replace(server, port=int(overrides["port"]))
+    if overrides.get("ws_port") is not None:
+        if not 0 <= int(overrides["ws_port"]) <= 65535:
+            raise ConfigError(f"--ws-port: invalid value {overrides['ws_port']!r}")
+        server = dataclasses.replace(server, ws_port=int(overrides["ws_port"]))
     # Flags are relative to the CWD, like any command-line path.
     if overrides.get("data_dir") is not None:
         storage = dataclasses.replace(storage, data_dir=str(Path(overrides["data_dir"]).resolve()))

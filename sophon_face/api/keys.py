@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Tuple
 
 from aiohttp import web
 
-from ..service.analysis import FaceAnalysis
-from ..service.groups import GroupService
-from ..service.identities import IdentityService
-from ..service.search import SearchService
+if TYPE_CHECKING:
+    from ..service.analysis import FaceAnalysis
+    from ..service.data import DataService
+    from ..service.devices import DeviceService
+    from ..service.events import EventService
+    from ..service.groups import GroupService
+    from ..service.identities import IdentityService
+    from ..service.login import LoginService
+    from ..service.search import SearchService
+    from ..service.settings import RuntimeSettings
 
 HealthCheck = Callable[[], Awaitable[Tuple[Dict[str, Any], bool]]]
 
@@ -23,6 +29,11 @@ class Services:
     identities: IdentityService
     groups: GroupService
     search: SearchService
+    devices: DeviceService
+    events: EventService
+    settings: RuntimeSettings
+    data: DataService
+    login: LoginService
     health: HealthCheck
 
 

@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 from aiohttp import web
 
-from . import compare, health, identity, permission
+from . import compare, config, data, device, event, health, identity, login, permission
 
 BASE = "/sophon/v2/face"
 
@@ -38,6 +38,30 @@ ROUTES: List[Tuple[str, str, object]] = [
     ("POST", "/compare", compare.compare),
     ("POST", "/fiqa", compare.fiqa),
     ("POST", "/search", compare.search),
+    # event.md
+    ("POST", "/getevent", event.get_one),
+    ("POST", "/getevents", event.get_many),
+    ("POST", "/searchbyimage", event.search_by_image),
+    ("GET", "/getspotimage/{image_id}", event.spot_image_by_path),
+    ("GET", "/getspotimage", event.spot_image_by_path),
+    ("POST", "/getspotimage", event.spot_image_by_body),  # R5
+    # config.md
+    ("POST", "/getconfigs", config.get_configs),
+    ("POST", "/setconfigs", config.set_configs),
+    # data.md
+    ("POST", "/wipedata", data.wipe),
+    ("POST", "/checkeventimagepath", data.check_event_image_path),
+    # login.md
+    ("POST", "/login", login.login),
+    ("POST", "/changepassword", login.change_password),
+    # device.md
+    ("POST", "/addmediadevice", device.add),
+    ("POST", "/getmediadevices", device.get_many),
+    ("POST", "/updatemediadevice", device.update),
+    ("POST", "/deletemediadevice", device.delete),
+    ("POST", "/deletemediadevices", device.delete_all),  # R47: both served
+    ("POST", "/getpreview", device.get_preview),
+    ("POST", "/updatepreview", device.update_preview),
 ]
 
 

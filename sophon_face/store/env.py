@@ -18,6 +18,10 @@ touched. After the commit succeeds the gallery changes are applied on the writer
 before the awaiting coroutine resumes, so a face is searchable the moment its write returns.
 A write function may run more than once (it is retried after the map grows), so it must not
 have effects outside the transaction.
+
+Other in-memory indexes follow the store the same way as the gallery (the event index of
+searchbyimage and getevents): an ``Index`` names the change types it takes, is loaded at
+open and gets its changes after each commit, on the writer thread.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Tuple, TypeVar
+from typing import (TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Sequence, Tuple,
+                    TypeVar)
 
 import lmdb
 
@@ -60,10 +65,12 @@ DB_NAMES: Tuple[str, ...] = (
     "permissions",       # permission key -> permission record
     "permission_names",  # permission name key -> permission key (names are unique)
     "permission_order",  # seq key -> permission key (creation order, for getpermissions)
-    "devices",
-    "events",
-    "settings",
-    "meta",              # counters and the layout version (meta.py)
+    "devices",           # device key -> media device record (devices.py)
+    "preview",           # one record: the preview layout (device.md 7-8)
+    "events",            # event key (8-byte id) -> event record (events.py)
+    "push_queue",        # event key -> history-push delivery state (push_queue.py)
+    "settings",          # runtime key name -> value (the 62 keys of config.md)
+    "meta",              # counters, the layout version, the login hash (meta.py)
 )
 
 LMDB_SUBDIR = "lmdb"
@@ -103,7 +110,9 @@ class Databases:
     permission_names: Any
     permission_order: Any
     devices: Any
+    preview: Any
     events: Any
+    push_queue: Any
     settings: Any
     meta: Any
 
@@ -168,6 +177,26 @@ class _ResizeGate:
                 self._cond.notify_all()
 
 
+class Index(Protocol):
+    """An in-memory index kept in step with LMDB, like the gallery (events.EventIndex)."""
+
+    #: The change classes this index applies; others in a write's list are not for it.
+    CHANGE_TYPES: Tuple[type, ...]
+
+    def load_from_txn(self, txn: Txn) -> None: ...
+
+    def apply(self, changes: Sequence[Any]) -> None: ...
+
+
+class ReloadAll:
+    """A change meaning "rebuild the gallery and every index from LMDB" (bulk erasure,
+    wipedata): cheaper and safer than one removal per record, and still on the writer
+    thread right after the commit, so no search sees the old library afterwards."""
+
+
+RELOAD_ALL = ReloadAll()
+
+
 class StoreClosed(RuntimeError):
     """The store is not open (used before ``open()`` or after ``close()``)."""
 
@@ -184,6 +213,7 @@ class Store:
         data_dir: str | os.PathLike[str],
         *,
         gallery: Optional[Gallery] = None,
+        indexes: Sequence[Index] = (),
         map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES,
         max_map_size_bytes: int = DEFAULT_MAX_MAP_SIZE_BYTES,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
@@ -199,6 +229,7 @@ class Store:
         self._data_dir = os.fspath(data_dir)
         self._path = os.path.join(self._data_dir, LMDB_SUBDIR)
         self._gallery = gallery
+        self._indexes = tuple(indexes)
         self._min_free_bytes = min_free_bytes
         self._read_threads = read_threads
         self._gate = _ResizeGate()
@@ -241,6 +272,8 @@ class Store:
             await loop.run_in_executor(self._writer, self._open_env)
             if self._gallery is not None:
                 await self.read(self._gallery.load_from_txn)
+            for index in self._indexes:
+                await self.read(index.load_from_txn)
         except BaseException:
             await self.close()
             raise
@@ -433,7 +466,25 @@ class Store:
                       free >> 20, self._path, self._min_free_bytes >> 20)
             raise InsufficientSpaceLeft()
 
-    def _apply_gallery_changes(self, changes: Optional[Sequence[GalleryChange]]) -> None:
+    def _apply_gallery_changes(self, changes: Optional[Sequence[Any]]) -> None:
+        if not changes:
+            return
+        if any(isinstance(c, ReloadAll) for c in changes):
+            self._reload_gallery_sync()
+            for index in self._indexes:
+                self._read_sync(index.load_from_txn, ())
+            return
+        for index in self._indexes:
+            mine = [c for c in changes if isinstance(c, index.CHANGE_TYPES)]
+            if mine:
+                try:
+                    index.apply(mine)
+                except Exception:
+                    log.exception("%s update failed after commit; reloading it from LMDB",
+                                  type(index).__name__)
+                    self._read_sync(index.load_from_txn, ())
+        changes = [c for c in changes
+                   if not any(isinstance(c, index.CHANGE_TYPES) for index in self._indexes)]
         if not changes or self._gallery is None:
             return
         try:

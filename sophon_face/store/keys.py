@@ -103,6 +103,10 @@ def event_key(event_id: int) -> bytes:
     return _U64.pack(event_id)
 
 
+def event_id_from_key(key: bytes) -> int:
+    return _U64.unpack(bytes(key))[0]
+
+
 def setting_key(name: str) -> bytes:
     """Key of a runtime setting: the setting's name (a code constant, always short ASCII)."""
     return name.encode("utf-8")

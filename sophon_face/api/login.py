@@ -1,0 +1,14 @@
+"""Placeholder handlers (being implemented): every call answers DEVICE_INIT_ERROR."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import DeviceInitError
+
+
+async def _not_ready(request: web.Request) -> web.Response:
+    raise DeviceInitError()
+
+login = _not_ready
+change_password = _not_ready
