@@ -11,14 +11,17 @@ closes, and the shared backends close after the pool, whose pipelines use them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import Any, AsyncIterator, Dict, Optional, Tuple
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
 
 from aiohttp import web
 
 from .api.http import MAX_BODY_BYTES, VALIDATION_CONTEXT, error_middleware
 from .api.keys import SERVICES, Services
+from .api.realtime_ws import start_realtime_server
 from .api.routes import add_routes
 from .api.validation import Context
 from .backends.registry import BackendOptions
@@ -26,11 +29,21 @@ from .config import Config
 from .pipeline.face_pipeline import FacePipeline
 from .pipeline.quality import QualityThresholds
 from .pipeline.types import ImageLimits
+from .push.history import HistoryPusher
+from .push.realtime import RealtimeHub
 from .service.analysis import FaceAnalysis, ImageAccess
+from .service.data import DataService
+from .service.devices import DeviceService
+from .service.event_search import EventSearch
+from .service.events import EventService, Retention
 from .service.groups import GroupService
 from .service.identities import IdentityService
+from .service.login import LoginService
 from .service.search import SearchService
+from .service.settings import RuntimeSettings
 from .store.env import Store
+from .store.event_images import EventImageFiles
+from .store.event_index import EventIndex
 from .store.gallery import Gallery
 from .workers.models import PreparedModels, pipeline_factory, prepare_models
 from .workers.pool import WorkerPool
@@ -38,6 +51,8 @@ from .workers.pool import WorkerPool
 log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
+#: The real-time WebSocket's bound port (server.ws_port, or the one picked for port 0).
+WS_PORT = web.AppKey("ws_port", int)
 
 
 def build_app(config: Config, backend_options: Optional[BackendOptions] = None,
@@ -87,7 +102,8 @@ class _Lifecycle:
             await close_inference()
             raise
         gallery = Gallery(models.feature_dim)
-        store = Store(config.data_dir, gallery=gallery,
+        event_index = EventIndex(models.feature_dim)
+        store = Store(config.data_dir, gallery=gallery, indexes=(event_index,),
                       map_size_bytes=config.storage.map_size_bytes,
                       max_map_size_bytes=config.storage.max_map_size_bytes,
                       min_free_bytes=config.storage.min_free_bytes,
@@ -97,45 +113,114 @@ class _Lifecycle:
         except BaseException:
             await close_inference()
             raise
-        log.info("store %s open: %d faces in the gallery", store.path, gallery.count())
-        access = ImageAccess(tuple(config.image_roots), ImageLimits(
-            max_encoded_bytes=config.images.max_encoded_bytes,
-            max_side_px=config.images.max_side_px,
-            max_pixels=config.images.max_side_px * config.images.max_side_px))
-        match_cosine = float(models.manifest.recognizer.match_cosine)  # required by the manifest
-        recognition = config.recognition
-        analysis = FaceAnalysis(pool, access, match_cosine)
-        identities = IdentityService(store, pool, access,
-                                     capacity=lambda: recognition.library_capacity)
-        search = SearchService(store, gallery, pool, access, match_cosine,
-                               match_threshold=lambda: recognition.match_threshold,
-                               min_face_size=lambda: recognition.min_face_size)
-        started = time.time()
-
-        async def health() -> Tuple[Dict[str, Any], bool]:
-            warm = pool.warm_up_report
-            healthy = warm.ok and store.is_open
-            payload: Dict[str, Any] = {
-                "status": "ok" if healthy else "error",
-                "backend": models.manifest.runtime,
-                "profile": models.manifest.profile,
-                "models": models.describe(),
-                "feature_dim": models.feature_dim,
-                "warm_up": {"ok": warm.ok, "ms": warm.ms, "error": warm.error},
-                "workers": {"count": config.workers.count, "pending": pool.pending,
-                            "batching": factory.stats()},
-                "store": {"open": store.is_open, "faces": gallery.count()},
-                "uptime_s": round(time.time() - started, 1),
-            }
-            return payload, healthy
-
+        log.info("store %s open: %d faces in the gallery, %d events", store.path,
+                 gallery.count(), event_index.count())
+        try:
+            services, pushes = await _services(app, config, models, pool, store, gallery,
+                                               event_index, factory.stats)
+        except BaseException:
+            await store.close()
+            await close_inference()
+            raise
         app[VALIDATION_CONTEXT] = Context(feature_dim=models.feature_dim)
-        app[SERVICES] = Services(analysis=analysis, identities=identities,
-                                 groups=GroupService(store), search=search,
-                                 devices=None, events=None, settings=None,  # type: ignore[arg-type]
-                                 data=None, login=None, health=health)  # type: ignore[arg-type]
+        app[SERVICES] = services
         try:
             yield
         finally:
+            await pushes.close()
             await store.close()
             await close_inference()
+
+
+class _Pushes:
+    """The event pushes' lifecycle: the real-time WebSocket server and the history pusher."""
+
+    def __init__(self, hub: RealtimeHub, runner: web.AppRunner, pusher: HistoryPusher) -> None:
+        self.hub, self.runner, self.pusher = hub, runner, pusher
+
+    async def close(self) -> None:
+        await self.pusher.stop()
+        await self.hub.close()
+        await self.runner.cleanup()
+
+
+async def _services(app: web.Application, config: Config, models: PreparedModels,
+                    pool: WorkerPool, store: Store, gallery: Gallery, event_index: EventIndex,
+                    batching_stats: Callable[[], Any]) -> Tuple[Services, _Pushes]:
+    """Every use case, wired to the store, the workers and the live settings; then the
+    pushes, started last (the history pusher reads what the services write)."""
+    loop = asyncio.get_running_loop()
+    recognition = config.recognition
+    settings = RuntimeSettings(store, {
+        "MATCH_THRESHOLD": recognition.match_threshold,
+        "REGN_MIN_FACE": recognition.min_face_size,
+        "GATE_DEFAULT_GROUP_SIZE": recognition.library_capacity,
+    })
+    await settings.load()
+    access = ImageAccess(tuple(config.image_roots), ImageLimits(
+        max_encoded_bytes=config.images.max_encoded_bytes,
+        max_side_px=config.images.max_side_px,
+        max_pixels=config.images.max_side_px * config.images.max_side_px))
+    match_cosine = float(models.manifest.recognizer.match_cosine)  # required by the manifest
+
+    local_dir, remote_dir = config.event_image_dir, config.remote_event_image_dir
+    await loop.run_in_executor(None, functools.partial(local_dir.mkdir, parents=True,
+                                                       exist_ok=True))
+
+    def current_event_dir() -> Path:  # GATE_EVENT_IMAGE_PATH, live
+        return remote_dir if settings.value("GATE_EVENT_IMAGE_PATH") == "remote" else local_dir
+
+    images = EventImageFiles((local_dir, remote_dir), current_dir=current_event_dir)
+    data = DataService(store, images, settings)
+    # Before serving, so no event is being written: files of events that never committed.
+    await loop.run_in_executor(None, images.sweep_orphans, event_index.id_strings())
+    events = EventService(store, event_index, images, settings, Retention(
+        config.events.max_events, config.events.max_image_bytes))
+
+    hub = RealtimeHub(config.push.realtime_queue_size)
+    runner, ws_port = await start_realtime_server(hub, config.server.host, config.server.ws_port)
+    app[WS_PORT] = ws_port
+    log.info("real-time events on ws://%s:%d", config.server.host, ws_port)
+    pusher = HistoryPusher(store, settings, images, batch=config.push.history_batch,
+                           timeout_s=config.push.history_timeout_s)
+    events.subscribe(hub.publish)
+    events.subscribe(lambda _event: pusher.wake())
+    await pusher.start()
+    pushes = _Pushes(hub, runner, pusher)
+    started = time.time()
+
+    async def health() -> Tuple[Dict[str, Any], bool]:
+        warm = pool.warm_up_report
+        healthy = warm.ok and store.is_open
+        payload: Dict[str, Any] = {
+            "status": "ok" if healthy else "error",
+            "backend": models.manifest.runtime,
+            "profile": models.manifest.profile,
+            "models": models.describe(),
+            "feature_dim": models.feature_dim,
+            "warm_up": {"ok": warm.ok, "ms": warm.ms, "error": warm.error},
+            "workers": {"count": config.workers.count, "pending": pool.pending,
+                        "batching": batching_stats()},
+            "store": {"open": store.is_open, "faces": gallery.count(),
+                      "events": event_index.count()},
+            "push": {"realtime": dict(hub.stats(), port=ws_port), "history": pusher.stats()},
+            "uptime_s": round(time.time() - started, 1),
+        }
+        return payload, healthy
+
+    services = Services(
+        analysis=FaceAnalysis(pool, access, match_cosine),
+        identities=IdentityService(store, pool, access,
+                                   capacity=lambda: settings.value("GATE_DEFAULT_GROUP_SIZE")),
+        groups=GroupService(store),
+        search=SearchService(store, gallery, pool, access, match_cosine, settings, events,
+                             jpeg_quality=config.events.jpeg_quality),
+        devices=DeviceService(store, config.devices.max_count, config.image_roots),
+        events=events,
+        event_search=EventSearch(store, event_index, pool, access, settings, match_cosine),
+        settings=settings,
+        data=data,
+        login=LoginService(store),
+        health=health,
+    )
+    return services, pushes

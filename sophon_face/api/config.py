@@ -1,14 +1,9 @@
-"""Placeholder handlers (being implemented): every call answers DEVICE_INIT_ERROR."""
+"""Handlers of the configuration family (api/config.md)."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from . import schemas
+from .http import json_endpoint
 
-from ..errors import DeviceInitError
-
-
-async def _not_ready(request: web.Request) -> web.Response:
-    raise DeviceInitError()
-
-get_configs = _not_ready
-set_configs = _not_ready
+get_configs = json_endpoint(schemas.GET_CONFIGS, lambda s, body: s.settings.get_configs(body))
+set_configs = json_endpoint(schemas.SET_CONFIGS, lambda s, body: s.settings.set_configs(body))

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from ..service.analysis import FaceAnalysis
     from ..service.data import DataService
     from ..service.devices import DeviceService
+    from ..service.event_search import EventSearch
     from ..service.events import EventService
     from ..service.groups import GroupService
     from ..service.identities import IdentityService
@@ -31,6 +32,7 @@ class Services:
     search: SearchService
     devices: DeviceService
     events: EventService
+    event_search: EventSearch
     settings: RuntimeSettings
     data: DataService
     login: LoginService

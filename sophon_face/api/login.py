@@ -1,14 +1,10 @@
-"""Placeholder handlers (being implemented): every call answers DEVICE_INIT_ERROR."""
+"""Handlers of the login family (api/login.md)."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from . import schemas
+from .http import json_endpoint
 
-from ..errors import DeviceInitError
-
-
-async def _not_ready(request: web.Request) -> web.Response:
-    raise DeviceInitError()
-
-login = _not_ready
-change_password = _not_ready
+login = json_endpoint(schemas.LOGIN, lambda s, body: s.login.login(body))
+change_password = json_endpoint(schemas.CHANGE_PASSWORD,
+                                lambda s, body: s.login.change_password(body))

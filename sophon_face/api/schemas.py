@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..pipeline.types import FIQA_LEVEL_SYNONYMS, FIQA_LEVELS
 from .validation import (ANY_STRING, IDENTIFIER, NAME, PAGE_INDEX, PAGE_LIMIT, OneOf, Param,
-                         Schema, boolean, choice, feature_vector, integer, obj, string,
-                         string_list)
+                         Schema, boolean, choice, feature_vector, integer, number, obj,
+                         obj_any, secret, string, string_list)
 
 USER_TYPES = ("employee", "visitor", "blacklist", "stranger", "vip")
 LIVENESS_MODES = ("liveness_off", "liveness_rgb", "liveness_rgb_ir")
@@ -167,16 +167,72 @@ UPDATE_PERMISSION = Schema((
 DELETE_PERMISSION = Schema((_group_address(("permission_name", "permission_id")),))
 
 # --- event.md ------------------------------------------------------------------------
-# (events schemas)
+GET_EVENT = Schema((Param("event_id", ANY_STRING, required=True),))
+
+GET_EVENTS = Schema((
+    Param("filters", obj, default={}),
+    Param("page_limit", PAGE_LIMIT, default=10),
+    Param("page_index", PAGE_INDEX, default=0),
+), empty_body_is_error=False)
+
+#: Nested in getevents' ``filters``; checked after ``filters`` itself, depth first.
+EVENT_FILTERS = Schema((
+    Param("datetime_gte", number()),
+    Param("datetime_lte", number()),
+    Param("identity_name", ANY_STRING),
+    Param("identity_id", ANY_STRING),
+    Param("score_min", number()),
+    Param("score_max", number()),
+    Param("user_type", ANY_STRING),  # R52: any string, compared case-insensitively
+    Param("media_device_ids", string_list(max_item_chars=None)),
+), empty_body_is_error=False)
+
+SEARCH_BY_IMAGE = Schema((
+    _images("face_image", "face_image_base64", "face_image_path"),
+    fiqa_level("low"),
+    Param("starttime", number()),
+    Param("last_end_timestamp", number()),
+    Param("endtime", number()),
+    Param("threshold", number(0.0, 100.0), default=82.0),
+    Param("media_device_ids", string_list(max_item_chars=None)),
+    Param("reverse", boolean, default=True),
+))
+
+#: POST form of getspotimage (R5): the GET form's path id and query timestamp as a body.
+GET_SPOT_IMAGE = Schema((
+    Param("image_id", ANY_STRING, required=True),
+    Param("timestamp", number(), required=True),
+))
 
 # --- data.md -------------------------------------------------------------------------
-# (data schemas)
+#: R39: at least one flag present (checked by the handler: the message names all three).
+WIPE_DATA = Schema((
+    Param("users", boolean),
+    Param("events", boolean),
+    Param("all", boolean),
+))
+
+CHECK_EVENT_IMAGE_PATH = Schema((), empty_body_is_error=False)
 
 # --- config.md -----------------------------------------------------------------------
-# (config schemas)
+#: ``config_name`` is any string here; an unknown key is refused by the service (4.2).
+GET_CONFIGS = Schema((Param("config_name", ANY_STRING),), empty_body_is_error=False)
+
+SET_CONFIGS = Schema((Param("config_dict", obj_any, required=True),))
 
 # --- login.md ------------------------------------------------------------------------
-# (login schemas)
+#: login.md checks each field's presence and type before the next field's: one schema per
+#: field keeps that order with the two-pass rule. Password values are never echoed.
+LOGIN = Schema((
+    Param("username", ANY_STRING, required=True),
+    Param("password", secret(), required=True),
+), interleaved=True)
+
+CHANGE_PASSWORD = Schema((
+    Param("username", ANY_STRING, required=True),
+    Param("old_password", secret(), required=True),
+    Param("new_password", secret(1, 128), required=True),
+), interleaved=True)
 
 # --- device.md -----------------------------------------------------------------------
 # (device schemas)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 import numpy as np
 
-from ..errors import MissingArguments, invalid_argument
+from ..errors import InvalidArguments, MissingArguments, invalid_argument
 
 #: Client-supplied ids and names (api/README.md 3.5, our decision).
 MAX_ID_CHARS = 128
@@ -67,6 +67,8 @@ class Schema:
     #: False for endpoints with no required parameter: an empty body is then ``{}``.
     empty_body_is_error: bool = True
     aliases: Mapping[str, str] = field(default_factory=dict)  # legacy key -> key
+    #: Presence then type per row, row by row (login.md's tables), instead of two passes.
+    interleaved: bool = False
 
     def parse(self, body: Mapping[str, Any], ctx: Context, prefix: str = "") -> Dict[str, Any]:
         """Validate ``body``; ``prefix`` names a nested object in messages (``filters.``)."""
@@ -75,6 +77,8 @@ class Schema:
             if body.get(key) is None and body.get(legacy) is not None:
                 body[key] = body[legacy]
         present = {k for k, v in body.items() if v is not None}
+        if self.interleaved:
+            return self._parse_interleaved(body, present, ctx, prefix)
         chosen: Dict[str, Optional[str]] = {}
         for item in self.items:  # pass 1: presence
             if isinstance(item, Param):
@@ -97,6 +101,20 @@ class Schema:
                     out[name] = None
                 if member is not None:
                     out[member] = item.parsers[member](body[member], prefix + member, ctx)
+        return out
+
+
+    def _parse_interleaved(self, body: Mapping[str, Any], present: set, ctx: Context,
+                           prefix: str) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for item in self.items:
+            assert isinstance(item, Param), "one-of groups need the two-pass order"
+            if item.name not in present:
+                if item.required:
+                    raise MissingArguments(prefix + item.name)
+                out[item.name] = item.default
+            else:
+                out[item.name] = item.parse(body[item.name], prefix + item.name, ctx)
         return out
 
 
@@ -222,3 +240,37 @@ NAME = string(MAX_NAME_CHARS)
 ANY_STRING = string()
 PAGE_LIMIT = integer(minimum=1)
 PAGE_INDEX = integer(minimum=0)
+
+
+def number(minimum: Optional[float] = None, maximum: Optional[float] = None) -> Parser:
+    """A finite JSON number (int or float, not a boolean), returned as sent (3.5), so an
+    error about it later can still echo it exactly."""
+    def parse(value: Any, name: str, ctx: Context) -> Union[int, float]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise invalid_argument(name, value)
+        try:
+            result = float(value)
+        except OverflowError:  # an integer beyond float range
+            raise invalid_argument(name, value) from None
+        if not math.isfinite(result) or (minimum is not None and result < minimum) or (
+                maximum is not None and result > maximum):
+            raise invalid_argument(name, value)
+        return value
+    return parse
+
+
+def obj_any(value: Any, name: str, ctx: Context) -> dict:
+    """Any JSON object (values checked by the endpoint, e.g. setconfigs per key)."""
+    if not isinstance(value, dict):
+        raise invalid_argument(name, value)
+    return value
+
+
+def secret(min_chars: int = 0, max_chars: Optional[int] = None) -> Parser:
+    """A password: a string whose value is never echoed (README 12.2: ``<redacted>``)."""
+    def parse(value: Any, name: str, ctx: Context) -> str:
+        if not isinstance(value, str) or len(value) < min_chars or (
+                max_chars is not None and len(value) > max_chars):
+            raise InvalidArguments(f"{name}: <redacted>")
+        return value
+    return parse

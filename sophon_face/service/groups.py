@@ -1,7 +1,7 @@
 """Permission groups (api/permission.md).
 
-Deleting a group unbinds it from every identity in the same transaction (and from the
-gallery's group index after the commit); devices are unbound too once they exist.
+Deleting a group unbinds it from every identity and device in the same transaction (and from
+the gallery's group index after the commit).
 Names are unique by exact string equality; the id wins over the name when both address
 a group (R49).
 """
@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import IdRepeatError, NameRepeatError
-from ..store import identities, permissions
+from ..store import devices, identities, permissions
 from ..store.env import Store, Txn
 from ..store.gallery import GalleryChange, RemoveGroup
 from .paging import page_of
@@ -100,6 +100,7 @@ class GroupService:
                 identity["permission_ids"] = [p for p in identity["permission_ids"]
                                               if p != permission_id]
                 identities.put(txn, identity)
+            devices.unbind_group(txn, permission_id)
             permissions.delete(txn, permission_id)
             return {"permission_id": permission_id}, [RemoveGroup(permission_id)]
 

@@ -24,6 +24,14 @@ def cosine_to_score(cosine: float, match_cosine: float) -> float:
     return ANCHOR_SCORE + (100.0 - ANCHOR_SCORE) * (s - t) / (1.0 - t)
 
 
+def cosines_to_scores(cosines: np.ndarray, match_cosine: float) -> np.ndarray:
+    """``cosine_to_score`` over an array (searchbyimage scores thousands at once)."""
+    s = np.clip(np.asarray(cosines, np.float64), 0.0, 1.0)
+    t = float(match_cosine)
+    return np.where(s < t, ANCHOR_SCORE * s / t,
+                    ANCHOR_SCORE + (100.0 - ANCHOR_SCORE) * (s - t) / (1.0 - t))
+
+
 def feature_to_base64(feature: np.ndarray) -> str:
     """The wire format of features: base64 of little-endian float32, L2-normalised (4.3)."""
     return base64.b64encode(np.ascontiguousarray(feature, dtype="<f4").tobytes()).decode("ascii")

@@ -6,53 +6,103 @@ back as the best candidate with ``result: false``: the score is calibrated so th
 recognizer's own decision threshold lands on 82 (service/scoring.py), and nothing is
 "matched" below MATCH_THRESHOLD.
 
-Not yet here (later issues): events (each call that reaches matching records one),
-device-bound scope (no device can be registered yet, so any ``media_device_ip`` is an
-unknown device), armed time windows (their switches default to off), liveness (no model:
-``liveness_rgb``/``liveness_rgb_ir`` answer NOT_SUPPORT_IR_LIVENESS as the spec says).
+Every call that reaches matching records one event (api/event.md 9) through
+``EventService.record``: the probe's box, landmarks and feature, its face crop and the
+scene image (as REGN_IMAGE_TYPE asks; both JPEG-encoded on the worker), the candidate when
+recognised, the group searched and the device. The answer waits for the event's commit (an
+answered call never loses its event) but never fails because of it.
+
+Live settings: MATCH_THRESHOLD, REGN_MIN_FACE (default ``min_face_size``), the armed time
+windows REGN_TIME_PART1/2 (NOT_IN_PASS_TIME), REGN_IMAGE_TYPE and the duplicate timeout.
+Liveness has no model: ``liveness_rgb``/``liveness_rgb_ir`` answer
+NOT_SUPPORT_IR_LIVENESS as the spec says.
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from ..errors import (DeviceIdNotFound, EmptyGroupError, MatchFail, MissingArguments,
-                      NotSupportIrLiveness, PermissionIdNotFound)
+                      NotInPassTime, NotSupportIrLiveness, PermissionIdNotFound)
 from ..pipeline.face_pipeline import FacePipeline
-from ..pipeline.images import load_image
+from ..pipeline.images import jpeg_for_storage, load_image
 from ..pipeline.types import ImageInput
-from ..store import identities, images, permissions
+from ..store import devices, identities, images, permissions
 from ..store.env import Store, Txn
 from ..store.gallery import Gallery, Match
 from ..workers.pool import WorkerPool
-from .analysis import NOT_COMPUTED_ATTRIBUTES, ImageAccess, image_input
+from .analysis import NOT_COMPUTED_ATTRIBUTES, ImageAccess, image_input, render_bbox, render_landmark
+from .events import EventDraft, EventService
 from .identities import render_identity
 from .scoring import cosine_to_score
+from .settings import RuntimeSettings
+
+#: The stored face crop is the detector box grown by this fraction on every side, so the
+#: crop shows the whole head as a platform expects a "face photo" to.
+CROP_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class Probe:
+    feature: np.ndarray
+    box: List[float]
+    point: List[float]
+    face_jpeg: Optional[bytes]
+    spot_jpeg: Optional[bytes]
+
+
+def _face_crop_jpeg(image_bgr: np.ndarray, bbox: np.ndarray, quality: int) -> Optional[bytes]:
+    height, width = image_bgr.shape[:2]
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    dx, dy = (x2 - x1) * CROP_MARGIN, (y2 - y1) * CROP_MARGIN
+    left, top = max(0, int(x1 - dx)), max(0, int(y1 - dy))
+    right, bottom = min(width, int(round(x2 + dx))), min(height, int(round(y2 + dy)))
+    if right <= left or bottom <= top:
+        return None
+    ok, buf = cv2.imencode(".jpg", image_bgr[top:bottom, left:right],
+                           [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return buf.tobytes() if ok else None
 
 
 def _probe_job(pipeline: FacePipeline, source: ImageInput, access: ImageAccess,
-               min_face_size: int) -> np.ndarray:
+               min_face_size: int, image_type: str, jpeg_quality: int) -> Probe:
+    """On a worker: the largest big-enough face, its feature, and the event images."""
     image = load_image(source, access.limits, access.roots)
     analyzed = pipeline.analyze_largest(image, "no", with_feature=True,
                                         min_face_size=float(min_face_size))
     assert analyzed.feature is not None
-    return analyzed.feature
+    face = analyzed.face
+    face_jpeg = (_face_crop_jpeg(image.image_bgr, face.bbox, jpeg_quality)
+                 if image_type in ("recognize_face", "all") else None)
+    spot_jpeg = (jpeg_for_storage(image, max(jpeg_quality, 90))
+                 if image_type in ("spot_image", "all") else None)
+    return Probe(analyzed.feature, render_bbox(face), render_landmark(face), face_jpeg, spot_jpeg)
 
 
-def _scope(txn: Txn, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    """R24: permission_name, else the device's group, else the whole library (None)."""
+def _scope(txn: Txn, body: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]],
+                                                    Optional[Dict[str, Any]]]:
+    """(group, device). R24: permission_name, else the device's group, else the whole
+    library (group None). The device is looked up whenever its IP is given: the event is
+    attributed to it even when ``permission_name`` picks the group."""
     group = None
     if body["permission_name"] is not None:
         group = permissions.get_by_name(txn, body["permission_name"])
         if group is None:
             raise PermissionIdNotFound(body["permission_name"])
+    device = None
     if body["media_device_ip"] is not None:
-        raise DeviceIdNotFound(body["media_device_ip"])  # no devices exist yet
-    return group
+        device = devices.find_by_ip(txn, body["media_device_ip"])
+        if device is None:
+            raise DeviceIdNotFound(body["media_device_ip"])
+        if group is None and device["permission_id"]:
+            group = permissions.get_by_id(txn, device["permission_id"])
+    return group, device
 
 
 #: How often a match is searched again when its face was changed between the gallery
@@ -60,35 +110,42 @@ def _scope(txn: Txn, body: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 MATCH_RETRIES = 3
 
 
-def _candidate(txn: Txn, match: Match,
-               with_photo: bool) -> Optional[Tuple[Dict[str, Any], Optional[bytes]]]:
-    """The matched identity and photo, or None when a write replaced or deleted the
-    matched face after the gallery was searched."""
+@dataclass(frozen=True)
+class _Candidate:
+    identity: Dict[str, Any]
+    register_image_id: str
+    photo: Optional[bytes]
+
+
+def _candidate(txn: Txn, match: Match, with_photo: bool) -> Optional[_Candidate]:
+    """The matched identity, its face's photo id and (if asked) photo, or None when a write
+    replaced or deleted the matched face after the gallery was searched."""
     identity = identities.get(txn, match.identity_id)
     if identity is None or match.face_id not in identity["face_ids"]:
         return None
-    photo = None
-    if with_photo:
-        index = identity["face_ids"].index(match.face_id)
-        photo = images.get(txn, identity["register_image_ids"][index])
-    return identity, photo
+    image_id = identity["register_image_ids"][identity["face_ids"].index(match.face_id)]
+    return _Candidate(identity, image_id, images.get(txn, image_id) if with_photo else None)
 
 
 class SearchService:
     def __init__(self, store: Store, gallery: Gallery, pool: WorkerPool, access: ImageAccess,
-                 match_cosine: float, match_threshold: Callable[[], float],
-                 min_face_size: Callable[[], int]) -> None:
+                 match_cosine: float, settings: RuntimeSettings, events: EventService,
+                 jpeg_quality: int = 90) -> None:
         self._store = store
         self._gallery = gallery
         self._pool = pool
         self._access = access
         self._match_cosine = match_cosine
-        self._match_threshold = match_threshold
-        self._min_face_size = min_face_size
+        self._settings = settings
+        self._events = events
+        self._jpeg_quality = jpeg_quality
 
     async def search(self, body: Dict[str, Any]) -> Dict[str, Any]:
         started = time.perf_counter()
-        group = await self._store.read(_scope, body)
+        called_at = time.time()
+        group, device = await self._store.read(_scope, body)
+        if not self._settings.is_armed():
+            raise NotInPassTime()
         liveness = body["with_liveness_check"]
         if liveness == "liveness_rgb_ir" and body["ir"] is None:
             raise MissingArguments("ir_image_path/ir_image_base64")
@@ -102,35 +159,48 @@ class SearchService:
 
         source = image_input(body, "rgb", "rgb_image_base64", "rgb_image_path")
         min_face = body["min_face_size"]
-        probe = await self._pool.run(_probe_job, source, self._access,
-                                     self._min_face_size() if min_face is None else min_face)
+        probe = await self._pool.run(
+            _probe_job, source, self._access,
+            self._settings.value("REGN_MIN_FACE") if min_face is None else min_face,
+            self._settings.value("REGN_IMAGE_TYPE"), self._jpeg_quality)
         compare_ms = 0.0
         for _attempt in range(MATCH_RETRIES):
             compare_started = time.perf_counter()
             try:
-                match = await self._store.run_in_read_pool(self._gallery.search, probe, group_id)
+                match = await self._store.run_in_read_pool(self._gallery.search, probe.feature,
+                                                           group_id)
             except Exception as exc:
                 raise MatchFail() from exc
             compare_ms += (time.perf_counter() - compare_started) * 1000.0
             if match is None:  # the scope emptied while the probe was being computed
                 raise EmptyGroupError()
             score = cosine_to_score(match.score, self._match_cosine)
-            result = score >= self._match_threshold()  # R23
-            want_photo = body["with_register_photo"] and (
-                result or not body["with_result_modification"])
+            result = score >= float(self._settings.value("MATCH_THRESHOLD"))  # R23
+            # The photo also goes to the real-time push of a recognised person's event.
+            want_photo = result or (body["with_register_photo"]
+                                    and not body["with_result_modification"])
             candidate = await self._store.read(_candidate, match, want_photo)
             if candidate is not None:
                 break
         else:
             raise MatchFail()  # the library kept changing under this probe
-        identity, photo = candidate
+        identity, photo = candidate.identity, candidate.photo
+        attributes = dict(NOT_COMPUTED_ATTRIBUTES, mask=None)  # no attribute model (README)
+        await self._events.record(EventDraft(
+            timestamp=called_at, score=score, feature=probe.feature, box=probe.box,
+            point=probe.point, identity=identity if result else None,
+            register_image_id=candidate.register_image_id, group=group, device=device,
+            attributes=attributes, face_jpeg=probe.face_jpeg, spot_jpeg=probe.spot_jpeg,
+            register_jpeg=photo if result else None))
         reply: Dict[str, Any] = {
             "identity_id": identity["identity_id"],
             "identity_info": render_identity(identity),
             "result": result,
             "score": score,
         }
-        if photo is not None:  # R20/R21: plain base64 JPEG; none for feature-registered faces
+        if body["with_register_photo"] and photo is not None and (
+                result or not body["with_result_modification"]):
+            # R20/R21: plain base64 JPEG; none for feature-registered faces
             reply["register_image"] = base64.b64encode(photo).decode("ascii")
         if body["with_attribute"]:
             reply["attribute"] = dict(NOT_COMPUTED_ATTRIBUTES)

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from aiohttp import web
 
-from sophon_face.app import build_app
+from sophon_face.app import WS_PORT, build_app
 from sophon_face.config import Config
 
 
@@ -49,6 +49,7 @@ class LiveServer:
         self._loop = asyncio.new_event_loop()
         self._runner: Optional[web.AppRunner] = None
         self.port = 0
+        self.ws_port = 0  # the real-time event WebSocket (api/event.md 7)
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> "LiveServer":
@@ -57,11 +58,13 @@ class LiveServer:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(build_app(self._config, models=self._models))
+        app = build_app(self._config, models=self._models)
+        self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self.ws_port = app[WS_PORT]
 
     def stop(self) -> None:
         if self._runner is not None:

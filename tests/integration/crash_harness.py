@@ -134,7 +134,7 @@ def write_config(path: Path, data_dir: Path, models_dir: Path, *, workers: int =
     """A conf.yaml for a test daemon. One models cache for every daemon of a session, so
     only the first start pays for folding the models."""
     config = {
-        "server": {"host": "127.0.0.1", "shutdown_timeout_s": 5.0},
+        "server": {"host": "127.0.0.1", "shutdown_timeout_s": 5.0, "ws_port": 0},
         "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
         "images": {"roots": [str(TEST_DATA_DIR)]},
         "models": {"cache_dir": str(models_dir)},

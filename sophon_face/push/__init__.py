@@ -1,0 +1,1 @@
+"""Event pushes: real-time fan-out to WebSocket clients, durable history POSTs."""
