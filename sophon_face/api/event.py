@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..errors import MissingArguments, invalid_argument
 from . import schemas
-from .http import VALIDATION_CONTEXT, json_endpoint, json_response, parse_request
+from .http import json_endpoint, list_endpoint, parse_request
 from .keys import SERVICES
 
 get_one = json_endpoint(schemas.GET_EVENT, lambda s, body: s.events.get(body["event_id"]))
@@ -16,13 +16,8 @@ search_by_image = json_endpoint(schemas.SEARCH_BY_IMAGE,
                                 lambda s, body: s.event_search.search(body))
 
 
-async def get_many(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.GET_EVENTS)
-    # Nested fields are checked after their parent, depth first (README 3.7).
-    filters = schemas.EVENT_FILTERS.parse(body["filters"], request.app[VALIDATION_CONTEXT],
-                                          prefix="filters.")
-    return json_response(await request.app[SERVICES].events.list(
-        filters, body["page_limit"], body["page_index"]))
+get_many = list_endpoint(schemas.GET_EVENTS, schemas.EVENT_FILTERS,
+                         lambda s, filters, limit, index: s.events.list(filters, limit, index))
 
 
 def _jpeg(data: bytes) -> web.Response:

@@ -111,6 +111,21 @@ def json_endpoint(schema: Schema, use_case: UseCase) -> Handler:
     return handler
 
 
+ListUseCase = Callable[[Services, Dict[str, Any], int, int], Awaitable[Mapping[str, Any]]]
+
+
+def list_endpoint(schema: Schema, filters_schema: Schema, use_case: ListUseCase) -> Handler:
+    """A paged list with a nested ``filters`` object (getidentities, getevents): the
+    filters' fields are checked after their parent, depth first (README 3.7)."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await parse_request(request, schema)
+        filters = filters_schema.parse(body["filters"], request.app[VALIDATION_CONTEXT],
+                                       prefix="filters.")
+        return json_response(await use_case(request.app[SERVICES], filters,
+                                            body["page_limit"], body["page_index"]))
+    return handler
+
+
 # Typed application keys of the HTTP layer (set by app.build_app).
 MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 VALIDATION_CONTEXT = web.AppKey("validation_context", Context)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import schemas
-from .http import VALIDATION_CONTEXT, json_endpoint, json_response, parse_request
+from .http import json_endpoint, list_endpoint, parse_request
 from .keys import SERVICES
 
 
@@ -19,13 +19,8 @@ delete_face = json_endpoint(schemas.DELETE_FACE, lambda s, body: s.identities.de
 replace_face = json_endpoint(schemas.REPLACE_FACE, lambda s, body: s.identities.replace_face(body))
 
 
-async def get_many(request: web.Request) -> web.Response:
-    body = await parse_request(request, schemas.GET_IDENTITIES)
-    # Nested fields are checked after their parent, depth first (README 3.7).
-    filters = schemas.IDENTITY_FILTERS.parse(body["filters"], request.app[VALIDATION_CONTEXT],
-                                             prefix="filters.")
-    return json_response(await request.app[SERVICES].identities.list(
-        filters, body["page_limit"], body["page_index"]))
+get_many = list_endpoint(schemas.GET_IDENTITIES, schemas.IDENTITY_FILTERS,
+                         lambda s, filters, limit, index: s.identities.list(filters, limit, index))
 
 
 def _jpeg(data: bytes | None) -> web.Response:

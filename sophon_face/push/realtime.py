@@ -14,7 +14,7 @@ import base64
 import collections
 import json
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Deque, Dict, Optional, Sequence, Set, Tuple
 
 from ..service.recorded import RecordedEvent
 
@@ -93,7 +93,8 @@ class RealtimeHub:
         rendered: Dict[Tuple[bool, bool], str] = {}
         for subscriber in list(self._subscribers):
             config = subscriber.config
-            if config is None or (config.media_device_ids and device_id not in config.media_device_ids):
+            if config is None or (config.media_device_ids
+                                  and device_id not in config.media_device_ids):
                 continue
             variant = (config.with_face_image, config.with_register_image)
             if variant not in rendered:

@@ -67,7 +67,8 @@ class EventSearch:
     async def search(self, body: Dict[str, Any]) -> Dict[str, Any]:
         started = time.perf_counter()
         now = time.time()
-        start = seconds(body["starttime"]) if body["starttime"] is not None else now - DEFAULT_WINDOW_S
+        start = (seconds(body["starttime"]) if body["starttime"] is not None
+                 else now - DEFAULT_WINDOW_S)
         end = seconds(body["endtime"]) if body["endtime"] is not None else now
         if start > end:
             name = "starttime" if body["starttime"] is not None else "endtime"

@@ -37,7 +37,8 @@ from ..store import devices, identities, images, permissions
 from ..store.env import Store, Txn
 from ..store.gallery import Gallery, Match
 from ..workers.pool import WorkerPool
-from .analysis import NOT_COMPUTED_ATTRIBUTES, ImageAccess, image_input, render_bbox, render_landmark
+from .analysis import (NOT_COMPUTED_ATTRIBUTES, ImageAccess, image_input, render_bbox,
+                       render_landmark)
 from .events import EventDraft, EventService
 from .identities import render_identity
 from .scoring import cosine_to_score
@@ -106,8 +107,11 @@ def _scope(txn: Txn, body: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]],
 
 
 #: How often a match is searched again when its face was changed between the gallery
-#: search and the identity read (each retry sees the gallery after that write).
-MATCH_RETRIES = 3
+#: search and the identity read (each retry sees the gallery after that write). A retry
+#: costs one gallery search and one read; 10 rides out a face replaced hundreds of times a
+#: second (tests/integration/test_concurrency.py), where 3 failed once event recording
+#: made each search a little longer.
+MATCH_RETRIES = 10
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Set, Tuple
 
 from ..errors import ConfigItemFail, invalid_argument
 from ..store import faces
@@ -45,12 +45,20 @@ class RuntimeSettings:
         self._defaults.update(defaults)
         self._values: Dict[str, Any] = dict(self._defaults)
         self._subscribers: List[Callable[[Set[str]], None]] = []
+        #: Counts setconfigs commits (bumped on the writer thread, in commit order). The
+        #: loop swaps in a committed snapshot only if it is newer than the one it holds,
+        #: so two overlapping setconfigs cannot leave the older values live. (Writes
+        #: resume their callers in commit order anyway; this makes it not matter.)
+        self._commits = 0
+        self._live_commit = 0
 
     async def load(self) -> None:
-        saved = await self._store.read(stored.get_all)
+        self._values = self._merged(await self._store.read(stored.get_all))
+
+    def _merged(self, saved: Mapping[str, Any]) -> Dict[str, Any]:
         values = dict(self._defaults)
-        values.update({k: v for k, v in saved.items() if k in KEYS})
-        self._values = values
+        values.update({k: v for k, v in saved.items() if k in KEYS})  # a dropped key: ignored
+        return values
 
     def value(self, name: str) -> Any:
         return self._values[name]
@@ -92,13 +100,14 @@ class RuntimeSettings:
         key = canonical(name)
         if key is None:
             raise invalid_argument("config_name", name)
-        return {name: self._values[key]}
+        return {name: self._values[key]}  # R34: under the name as sent
 
     async def set_configs(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        """R35: every valid key is committed (one transaction) even when others fail."""
         requested = body["config_dict"]
 
-        def write(txn: Txn) -> Tuple[Tuple[Dict[str, Any], Dict[str, Any], List[str]], list]:
-            applied: Dict[str, Any] = {}
+        def write(txn: Txn) -> Tuple[_Outcome, list]:
+            changed: Set[str] = set()
             echoed: Dict[str, Any] = {}
             failed: List[str] = []
             for sent_name, raw in requested.items():
@@ -109,24 +118,38 @@ class RuntimeSettings:
                     value = coerce(name, raw)
                     if name == "GATE_DEFAULT_GROUP_SIZE" and value < faces.count(txn):
                         raise ValueError("below the number of stored faces (R37)")
+                    # GATE_STRANGER_GROUP_SIZE: no stranger library yet (0 faces), so its
+                    # range rule is the whole of R37 for it.
                 except ValueError as exc:
+                    # The key name only: values (MQ_PASSWORD) are not logged.
                     log.info("setconfigs: %s refused: %s", sent_name, exc)
                     failed.append(sent_name)
                     continue
                 stored.put(txn, name, value)
-                applied[name] = value
+                changed.add(name)
                 echoed[sent_name] = value
-            return (applied, echoed, failed), []
+            if not changed:
+                return _Outcome(echoed, failed, changed, None, 0), []
+            self._commits += 1  # the writer thread runs one write at a time
+            return _Outcome(echoed, failed, changed, stored.get_all(txn), self._commits), []
 
-        applied, echoed, failed = await self._store.write(write)
-        if applied:
-            values = dict(self._values)
-            values.update(applied)
-            self._values = values
-            self._announce(set(applied))
-        if failed:
-            raise ConfigItemFail(",".join(failed))
-        return echoed
+        outcome = await self._store.write(write)
+        if outcome.snapshot is not None and outcome.commit > self._live_commit:
+            self._values = self._merged(outcome.snapshot)
+            self._live_commit = outcome.commit
+        if outcome.changed:
+            self._announce(outcome.changed)
+        if outcome.failed:
+            raise ConfigItemFail(",".join(outcome.failed))
+        return outcome.echoed
+
+
+class _Outcome(NamedTuple):
+    echoed: Dict[str, Any]
+    failed: List[str]
+    changed: Set[str]
+    snapshot: Optional[Dict[str, Any]]  # every stored value after the commit
+    commit: int
 
 
 __all__ = ["ALIASES", "RuntimeSettings", "in_window"]

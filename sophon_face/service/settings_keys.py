@@ -14,8 +14,18 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 Rule = Optional[Callable[[Any], bool]]
 
-TIME_WINDOW = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9],([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")
-URL = re.compile(r"^https?://[^\s/?#]+[^\s]*$", re.IGNORECASE)
+_CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+#: Used with ``fullmatch`` (a ``$`` would also accept a trailing newline).
+TIME_WINDOW = re.compile(f"{_CLOCK},{_CLOCK}")
+URL = re.compile(r"https?://[^\s/?#]+[^\s]*", re.IGNORECASE)
+#: Numeric strings accepted for int and float keys: ASCII only (``float()`` alone would
+#: also take "1_000", Arabic-Indic digits, "nan" and "infinity").
+NUMERIC_TEXT = re.compile(r"\s*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\s*")
+#: Our bounds where section 4 gives none: int keys fit a signed 32-bit integer, strings
+#: are at most 4096 characters, objects nest at most 32 levels.
+MAX_INT = 2 ** 31 - 1
+MAX_STRING_CHARS = 4096
+MAX_OBJECT_DEPTH = 32
 DEFAULT_GROUP_RANGE = [10000, 100000, 200000, 300000, 400000, 500000]
 STRANGER_GROUP_RANGE = [30000, 50000, 100000]
 
@@ -35,7 +45,11 @@ def split_urls(value: str) -> list:
 
 
 def _urls_ok(value: str) -> bool:
-    return all(URL.match(url) for url in split_urls(value))
+    return all(URL.fullmatch(url) for url in split_urls(value))
+
+
+def _window_ok(value: str) -> bool:
+    return TIME_WINDOW.fullmatch(value) is not None
 
 
 def _between(low: float, high: float) -> Rule:
@@ -115,9 +129,9 @@ KEYS: Dict[str, Key] = {
     "ALG_STRANGER_GROUP_RANGE": Key("list", STRANGER_GROUP_RANGE, readonly=True),
     # 4.7 grab mode
     "GRAB_MIN_FACE": _i(40, _between(20, 300)),
-    "GRAB_TIME_PART1": _s(_WINDOW, rule=lambda v: bool(TIME_WINDOW.match(v))),
+    "GRAB_TIME_PART1": _s(_WINDOW, rule=_window_ok),
     "GRAB_TIME_PART1_SWITCH": _b(),
-    "GRAB_TIME_PART2": _s(_WINDOW, rule=lambda v: bool(TIME_WINDOW.match(v))),
+    "GRAB_TIME_PART2": _s(_WINDOW, rule=_window_ok),
     "GRAB_TIME_PART2_SWITCH": _b(),
     "GRAB_THRESHOLD": _f(44.0, _between(0, 100)),
     "GRAB_MODE": _s("quality", "quality", "speed"),
@@ -126,9 +140,9 @@ KEYS: Dict[str, Key] = {
     "GRAB_VIDEO_FIQA": _b(True),
     # 4.8 recognition mode
     "REGN_MIN_FACE": _i(40, _between(20, 300)),
-    "REGN_TIME_PART1": _s(_WINDOW, rule=lambda v: bool(TIME_WINDOW.match(v))),
+    "REGN_TIME_PART1": _s(_WINDOW, rule=_window_ok),
     "REGN_TIME_PART1_SWITCH": _b(),
-    "REGN_TIME_PART2": _s(_WINDOW, rule=lambda v: bool(TIME_WINDOW.match(v))),
+    "REGN_TIME_PART2": _s(_WINDOW, rule=_window_ok),
     "REGN_TIME_PART2_SWITCH": _b(),
     "REGN_POSE_THRESH": _s("high", *_POSE),
     "REGN_VIDEO_FIQA": _b(True),
@@ -148,42 +162,78 @@ def canonical(name: Any) -> Optional[str]:
 
 
 def _number(value: Any) -> float:
+    """A finite number from a JSON number or an ASCII numeric string (section 3)."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a number")
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        number = float(value.strip())
-    else:
+    if isinstance(value, str):
+        if not NUMERIC_TEXT.fullmatch(value):
+            raise ValueError("not a numeric string")
+        value = float(value)
+    elif not isinstance(value, (int, float)):
         raise ValueError("not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise ValueError("out of range") from None
     if not math.isfinite(number):
         raise ValueError("not finite")
     return number
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number: Any = value  # exact, however large (float() would round it)
+    else:
+        real = _number(value)
+        if not real.is_integer():
+            raise ValueError("not an integer")
+        number = int(real)
+    if abs(number) > MAX_INT:
+        raise ValueError("out of range")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError("not a boolean")
+
+
+def _storable(value: Any, depth: int = 0) -> bool:
+    """A JSON value the store can keep and give back as valid JSON: no NaN/Infinity
+    (Python's JSON parser accepts them), integers msgpack can encode, bounded nesting."""
+    if depth > MAX_OBJECT_DEPTH:
+        return False
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, int):
+        return -(2 ** 63) <= value < 2 ** 64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_storable(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(_storable(item, depth + 1) for item in value.values())
+    return False
 
 
 def coerce(name: str, value: Any) -> Any:
     """The stored value for ``setconfigs``' ``value`` of key ``name``; ValueError if not."""
     key = KEYS[name]
     if key.type == "int":
-        number = _number(value)
-        if not number.is_integer():
-            raise ValueError("not an integer")
-        result: Any = int(number)
+        result: Any = _integer(value)
     elif key.type == "float":
         result = _number(value)
     elif key.type == "bool":
-        if isinstance(value, bool):
-            result = value
-        elif isinstance(value, int) and value in (0, 1):
-            result = bool(value)
-        elif isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
-            result = value.strip().lower() in ("true", "1")
-        else:
-            raise ValueError("not a boolean")
+        result = _boolean(value)
     elif key.type == "object":
         if value == "":
             result = {}
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and _storable(value):
             result = value
         else:
             raise ValueError("not an object")
@@ -193,6 +243,8 @@ def coerce(name: str, value: Any) -> Any:
             value = str(value)
         if not isinstance(value, str):
             raise ValueError("not a string")
+        if len(value) > MAX_STRING_CHARS:
+            raise ValueError("too long")
         result = value
         if key.choices:
             by_lower = {c.lower(): c for c in key.choices}
