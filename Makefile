@@ -32,6 +32,7 @@ bench: install
 	$(PY) -m pip install --quiet -e ".[cpu,test,bench]"
 	$(PY) bench/pipeline.py
 	$(PY) bench/search.py
+	$(PY) bench/events.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -123,8 +123,12 @@ class DeviceService:
         if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
             raise invalid_argument("media_device_url", url)
         if kind == "rtsp":
-            parts = urlsplit(url)
-            if parts.scheme.lower() != "rtsp" or not parts.hostname:
+            try:
+                parts = urlsplit(url)
+                host = parts.hostname
+            except ValueError:  # e.g. an unclosed IPv6 bracket
+                raise invalid_argument("media_device_url", url) from None
+            if parts.scheme.lower() != "rtsp" or not host:
                 raise invalid_argument("media_device_url", url)
         elif kind == "gb28181" and not url.lower().startswith("gb28181://"):
             raise invalid_argument("media_device_url", url)

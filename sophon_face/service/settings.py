@@ -104,25 +104,29 @@ class RuntimeSettings:
 
     async def set_configs(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """R35: every valid key is committed (one transaction) even when others fail."""
-        requested = body["config_dict"]
+        # Conversion and the rules that need no store: here, in request order. ``None``
+        # marks a key that failed.
+        converted: List[Tuple[str, Optional[str], Any]] = []
+        for sent_name, raw in body["config_dict"].items():
+            name = canonical(sent_name)
+            try:
+                if name is None or KEYS[name].readonly:
+                    raise ValueError("unknown or read-only key")
+                converted.append((sent_name, name, coerce(name, raw)))
+            except ValueError as exc:
+                # The key name only: values (MQ_PASSWORD) are never logged.
+                log.debug("setconfigs: %.100r refused: %s", sent_name, exc)
+                converted.append((sent_name, None, None))
 
         def write(txn: Txn) -> Tuple[_Outcome, list]:
             changed: Set[str] = set()
             echoed: Dict[str, Any] = {}
             failed: List[str] = []
-            for sent_name, raw in requested.items():
-                name = canonical(sent_name)
-                try:
-                    if name is None or KEYS[name].readonly:
-                        raise ValueError("unknown or read-only key")
-                    value = coerce(name, raw)
-                    if name == "GATE_DEFAULT_GROUP_SIZE" and value < faces.count(txn):
-                        raise ValueError("below the number of stored faces (R37)")
-                    # GATE_STRANGER_GROUP_SIZE: no stranger library yet (0 faces), so its
-                    # range rule is the whole of R37 for it.
-                except ValueError as exc:
-                    # The key name only: values (MQ_PASSWORD) are not logged.
-                    log.info("setconfigs: %s refused: %s", sent_name, exc)
+            for sent_name, name, value in converted:
+                # R37 needs the face count of this very transaction. There is no stranger
+                # library yet (0 faces), so GATE_STRANGER_GROUP_SIZE has its range rule only.
+                if name is None or (name == "GATE_DEFAULT_GROUP_SIZE"
+                                    and value < faces.count(txn)):
                     failed.append(sent_name)
                     continue
                 stored.put(txn, name, value)
@@ -133,13 +137,17 @@ class RuntimeSettings:
             self._commits += 1  # the writer thread runs one write at a time
             return _Outcome(echoed, failed, changed, stored.get_all(txn), self._commits), []
 
-        outcome = await self._store.write(write)
+        if any(name is not None for _, name, _ in converted):
+            outcome = await self._store.write(write)
+        else:  # nothing to store ({} or only refused keys): no write transaction
+            outcome = _Outcome({}, [sent for sent, _, _ in converted], set(), None, 0)
         if outcome.snapshot is not None and outcome.commit > self._live_commit:
             self._values = self._merged(outcome.snapshot)
             self._live_commit = outcome.commit
         if outcome.changed:
             self._announce(outcome.changed)
         if outcome.failed:
+            log.info("setconfigs: %d key(s) refused", len(outcome.failed))
             raise ConfigItemFail(",".join(outcome.failed))
         return outcome.echoed
 

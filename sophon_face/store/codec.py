@@ -25,6 +25,7 @@ SCHEMA_VERSIONS: Dict[str, int] = {
     "device": 1,
     "event": 1,
     "setting": 1,
+    "credentials": 1,
 }
 
 #: Fields a record of a kind must carry; checked on pack so a bug cannot persist a record

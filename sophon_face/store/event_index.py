@@ -6,7 +6,7 @@ column scan a few milliseconds. Only the events of the page (or the matches) are
 LMDB afterwards.
 
 Rows are in event-id order (ids only grow, and events commit on the one writer thread).
-Columns: id (int64), timestamp (float64), score (float32), interned device, identity and
+Columns: id (int64), timestamp (float64), score (float64), interned device, identity and
 user type (int32), the lower-cased identity name (object), the feature (float32, D wide)
 and whether there is one. Like the gallery, the index is loaded at open and follows each
 commit on the writer thread (``AddEvent``/``RemoveEvents``); one lock guards it.
@@ -84,7 +84,7 @@ class EventIndex:
         self._n = 0
         self._ids = np.zeros(capacity, np.int64)
         self._ts = np.zeros(capacity, np.float64)
-        self._score = np.zeros(capacity, np.float32)
+        self._score = np.zeros(capacity, np.float64)  # exact 2-decimal bounds
         self._device = np.zeros(capacity, np.int32)
         self._identity = np.zeros(capacity, np.int32)
         self._user_type = np.zeros(capacity, np.int32)
@@ -192,9 +192,9 @@ class EventIndex:
             if flt.datetime_lte is not None:
                 mask &= ts <= flt.datetime_lte
             if flt.score_min is not None:
-                mask &= self._score[:n] >= np.float32(flt.score_min)
+                mask &= self._score[:n] >= flt.score_min  # compared in float64: no overflow
             if flt.score_max is not None:
-                mask &= self._score[:n] <= np.float32(flt.score_max)
+                mask &= self._score[:n] <= flt.score_max
             if flt.identity_id is not None:
                 mask &= self._identity[:n] == self._identities.lookup(flt.identity_id)
             if flt.user_type is not None:

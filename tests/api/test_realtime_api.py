@@ -127,3 +127,61 @@ def test_fast_slow_and_vanishing_clients(fresh_server) -> None:
     assert statistics.median(loaded) < 2.0 * statistics.median(baseline) + 0.05
     health = server.request("GET", "/health").json
     assert health["push"]["realtime"]["port"] == server.ws_port
+
+
+def test_configuration_messages(fresh_server) -> None:
+    """Nothing before a configuration; bad ones are answered and the old one stays."""
+    async def scenario() -> List[Any]:
+        answers: List[Any] = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{fresh_server.ws_port}/any/path") as ws:
+                for bad in ("not json", "[1]", json.dumps({"with_face_image": "yes"}),
+                            json.dumps({"media_device_ids": "d"}),
+                            json.dumps({"need_register": 1})):
+                    await ws.send_str(bad)
+                    answers.append(json.loads((await ws.receive(timeout=5)).data))
+                await ws.send_bytes(b"\x00")
+                answers.append(json.loads((await ws.receive(timeout=5)).data))
+                try:
+                    extra = await ws.receive(timeout=0.5)
+                    answers.append(extra.data)
+                except asyncio.TimeoutError:
+                    pass
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert answers == [
+        {"error": {"code": "INVALID_REQUEST_JSON", "message": "request body is not a JSON object"}},
+        {"error": {"code": "INVALID_REQUEST_JSON", "message": "request body is not a JSON object"}},
+        {"error": {"code": "INVALID_ARGUMENTS", "message": 'with_face_image: "yes"'}},
+        {"error": {"code": "INVALID_ARGUMENTS", "message": 'media_device_ids: "d"'}},
+        {"error": {"code": "INVALID_ARGUMENTS", "message": "with_register_image: 1"}},
+        {"error": {"code": "INVALID_REQUEST_JSON", "message": "request body is not a JSON object"}},
+    ]
+    plain = fresh_server.request("GET", "/")  # the API port is not the WebSocket port
+    assert plain.status == 404
+
+
+def test_the_hub_drops_the_oldest_for_a_full_queue() -> None:
+    from sophon_face.push.realtime import RealtimeHub, SubscriberConfig
+    from sophon_face.service.recorded import RecordedEvent
+
+    async def scenario() -> None:
+        hub = RealtimeHub(queue_size=3)
+        subscriber = hub.add()
+        subscriber.config = SubscriberConfig()
+        unconfigured = hub.add()
+        for i in range(5):
+            hub.publish(RecordedEvent(record={
+                "event_id": str(i), "timestamp": 1.5, "identity_id": "", "identity_name": "",
+                "user_type": "stranger", "score": 1.234, "media_device_info": {
+                    "media_device_id": "", "media_device_ip": "", "media_device_name": "",
+                    "media_device_type": ""},
+                "recognize_face_attr": {"box": [1, 2, 3, 4]}}))
+        assert [json.loads(m)["event_id"] for m in subscriber.queue] == ["2", "3", "4"]
+        assert json.loads(subscriber.queue[0])["score"] == 1.23
+        assert list(unconfigured.queue) == []
+        assert hub.stats()["dropped"] == 2
+        await hub.close()
+
+    asyncio.run(scenario())
