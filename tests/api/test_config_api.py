@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -409,7 +410,6 @@ def _seed_faces(data_dir: Path, count: int, dim: int) -> None:
         finally:
             await store.close()
 
-    import asyncio
     asyncio.run(main())
 
 
