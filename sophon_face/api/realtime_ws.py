@@ -1,84 +1,172 @@
 """The real-time event WebSocket server (api/event.md 7), on its own port (5679).
 
-Any path upgrades. The server sends nothing until the client's first valid configuration;
-a bad configuration is answered with an error message and the previous one stays. One
-sender task per connection drains that connection's bounded queue, so only it ever waits
-on the client's socket. Heartbeat pings detect dead peers.
+Any path upgrades; a plain GET without the upgrade is answered 400. The server sends
+nothing until the client's first valid configuration; a bad configuration is answered
+with an error message and the previous one stays in force. The hub (push/realtime.py)
+runs one sender task per connection, so this handler only ever reads. Heartbeat pings
+find dead peers (no PONG within half the interval closes the socket).
+
+Choices where the spec is silent:
+- A configuration follows the HTTP rules of api/README.md 3.3-3.5: ``null`` is absent,
+  unknown keys are ignored, bools are strict, a leading BOM is tolerated; a new one
+  replaces the old one wholesale (absent keys take their defaults, nothing is merged).
+- An empty text message and any binary message are INVALID_REQUEST_JSON.
+- permessage-deflate is off: messages are mostly base64 JPEG, which barely compresses,
+  and compressing would cost CPU per subscriber instead of once per event.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from typing import Tuple
+from typing import Any, Tuple
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..errors import ApiError
-from ..push.realtime import RealtimeHub, Subscriber, parse_config
+from ..errors import ApiError, InvalidRequestJson
+from ..push.realtime import (CLOSE_GOING_AWAY, CLOSE_TIMEOUT_S, RealtimeHub, SubscriberConfig,
+                             message_text)
+from .validation import Context, Param, Schema, boolean, string_list
 
 log = logging.getLogger(__name__)
 
+#: Seconds between server pings; a peer that does not answer within half of it is dropped.
 HEARTBEAT_S = 30.0
+#: A configuration is a few hundred bytes; a longer message closes the socket (1009).
+MAX_CONFIG_MESSAGE_BYTES = 256 * 1024
+
 HUB = web.AppKey("realtime_hub", RealtimeHub)
+HEARTBEAT = web.AppKey("realtime_heartbeat_s", float)
+
+#: The configuration message (event.md 7, table order; R31 aliases).
+CONFIG_SCHEMA = Schema((
+    Param("with_face_image", boolean, default=False),
+    Param("with_register_image", boolean, default=False),
+    Param("media_device_ids", string_list(max_item_chars=None), default=[]),
+), empty_body_is_error=False, aliases={
+    "need_face": "with_face_image",
+    "need_register": "with_register_image",
+    "event_list": "media_device_ids",
+})
 
 
-async def _sender(ws: web.WebSocketResponse, subscriber: Subscriber, hub: RealtimeHub) -> None:
-    while not ws.closed:
-        await subscriber.ready.wait()
-        subscriber.ready.clear()
-        while subscriber.queue and not ws.closed:
-            await ws.send_str(subscriber.queue.popleft())
-            hub.sent += 1
+def parse_subscriber_config(text: Any) -> SubscriberConfig:
+    """A configuration message -> SubscriberConfig, or the ApiError to answer with.
+
+    ``text`` is the message's str (a binary message is passed as bytes and refused)."""
+    if not isinstance(text, str):
+        raise InvalidRequestJson()
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        raise InvalidRequestJson() from None
+    if not isinstance(body, dict):
+        raise InvalidRequestJson()
+    parsed = CONFIG_SCHEMA.parse(body, Context())
+    return SubscriberConfig(with_face_image=parsed["with_face_image"],
+                            with_register_image=parsed["with_register_image"],
+                            media_device_ids=frozenset(parsed["media_device_ids"]))
 
 
-async def _error(ws: web.WebSocketResponse, error: ApiError) -> None:
-    await ws.send_str(json.dumps({"error": {"code": error.code, "message": error.message}},
-                                 sort_keys=True, separators=(",", ":")))
+def error_text(error: ApiError) -> str:
+    return message_text({"error": {"code": error.code, "message": error.message}})
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the TCP connection now, discarding unsent bytes (a graceful transport close
+    waits for a stuck peer to drain them, which may be never)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+class _ClientSocket:
+    """The hub's Connection over one WebSocket: a close that cannot leave it hanging."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._ws, self._request = ws, request
+
+    async def send_str(self, data: str) -> None:
+        await self._ws.send_str(data)
+
+    async def close(self, *, code: int = CLOSE_GOING_AWAY, message: bytes = b"") -> bool:
+        try:
+            return await self._ws.close(code=code, message=message)
+        finally:
+            # After a clean closing handshake this finds nothing left to drop; after a
+            # failed or abandoned one it unblocks this connection's handler and frees it.
+            _abort(self._request)
 
 
 async def realtime_socket(request: web.Request) -> web.StreamResponse:
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
+    ws = web.WebSocketResponse(heartbeat=request.app[HEARTBEAT], timeout=CLOSE_TIMEOUT_S,
+                               compress=False, max_msg_size=MAX_CONFIG_MESSAGE_BYTES)
     if not ws.can_prepare(request).ok:
         return web.Response(status=400, text="WebSocket upgrade expected")
     await ws.prepare(request)
     hub = request.app[HUB]
-    subscriber = hub.add()
-    sender = asyncio.ensure_future(_sender(ws, subscriber, hub))
+    peer = request.remote or "?"
+    if hub.closed:  # a connection that raced the shutdown
+        await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
+        return ws
+    subscriber = hub.add(_ClientSocket(ws, request), name=peer)
+    log.info("real-time client %s connected (%d connected)", peer, hub.subscriber_count)
     try:
         async for message in ws:
-            if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                try:
-                    subscriber.config = parse_config(
-                        message.data if message.type == WSMsgType.TEXT else None)
-                except ApiError as error:
-                    await _error(ws, error)
-            elif message.type == WSMsgType.ERROR:
+            if message.type == WSMsgType.ERROR:
                 break
-    except (ConnectionResetError, asyncio.CancelledError):
+            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                continue
+            try:
+                subscriber.config = parse_subscriber_config(
+                    message.data if message.type == WSMsgType.TEXT else None)
+            except ApiError as error:
+                log.debug("real-time client %s: bad configuration: %s %s", peer, error.code,
+                          error.message)
+                await ws.send_str(error_text(error))
+            else:
+                log.debug("real-time client %s configured: %s", peer, subscriber.config)
+    except ConnectionError:  # gone while its error answer was being written
         pass
     finally:
-        hub.remove(subscriber)
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+        await hub.remove(subscriber)
+        if ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
+            _abort(request)  # e.g. no PONG: do not wait for a dead peer to drain our bytes
+        log.info("real-time client %s disconnected (%d sent, %d dropped)", peer,
+                 subscriber.sent, subscriber.dropped)
     return ws
 
 
-def build_realtime_app(hub: RealtimeHub) -> web.Application:
+def build_realtime_app(hub: RealtimeHub, heartbeat_s: float = HEARTBEAT_S) -> web.Application:
     app = web.Application()
     app[HUB] = hub
+    app[HEARTBEAT] = float(heartbeat_s)
     app.router.add_get("/{tail:.*}", realtime_socket)
+
+    async def close_hub(_app: web.Application) -> None:
+        # Open sockets would otherwise hold the runner's shutdown for its whole timeout.
+        await hub.close()
+
+    app.on_shutdown.append(close_hub)
     return app
 
 
-async def start_realtime_server(hub: RealtimeHub, host: str,
-                                port: int) -> Tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_realtime_app(hub), access_log=None, shutdown_timeout=1.0)
+async def start_realtime_server(hub: RealtimeHub, host: str, port: int,
+                                heartbeat_s: float = HEARTBEAT_S) -> Tuple[web.AppRunner, int]:
+    """Serve ``hub`` on ``host:port`` (0: any free port); returns the runner and the port."""
+    runner = web.AppRunner(build_realtime_app(hub, heartbeat_s), access_log=None,
+                           shutdown_timeout=CLOSE_TIMEOUT_S)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner, runner.addresses[0][1]
 
 
-__all__ = ["build_realtime_app", "start_realtime_server"]
+__all__ = ["CONFIG_SCHEMA", "HEARTBEAT_S", "build_realtime_app", "parse_subscriber_config",
+           "start_realtime_server"]

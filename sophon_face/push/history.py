@@ -24,6 +24,7 @@ import aiohttp
 from ..store import events, images, push_queue
 from ..store.env import Store, Txn
 from ..store.event_images import EventImageFiles
+from .realtime import event_ms
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class Settings(Protocol):
 
 
 def _ms(seconds: float) -> int:
-    return int(float(seconds) * 1000)  # truncated, as event ids are (1629080261881204 -> ...881)
+    return event_ms(seconds)  # the same milliseconds as the real-time push
 
 
 def _b64(data: Optional[bytes]) -> str:

@@ -57,7 +57,7 @@ def test_sample_client_flow_reaches_the_platform(fresh_server) -> None:
         assert payload["identity_id"] == person["identity_id"]
         assert payload["identity_name"] == "小王"
         assert payload["user_type"] == "employee"
-        assert payload["timestamp"] == int(event["timestamp"] * 1000)
+        assert payload["timestamp"] == int(round(event["timestamp"] * 1e6)) // 1000
         assert isinstance(payload["in_timestamp"], int) and isinstance(payload["out_timestamp"], int)
         assert payload["score"] == event["score"]
         assert payload["media_device_info"] == {
