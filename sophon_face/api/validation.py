@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 
 from ..errors import InvalidArguments, MissingArguments, invalid_argument
+from ..store.codec import storable
 
 #: Client-supplied ids and names (api/README.md 3.5, our decision).
 MAX_ID_CHARS = 128
@@ -149,30 +150,8 @@ def boolean(value: Any, name: str, ctx: Context) -> bool:
     return value
 
 
-#: What the store's codec (msgpack) can hold: integers in [-2**63, 2**64).
-_MIN_INT, _MAX_INT = -(2 ** 63), 2 ** 64 - 1
-
-
-def _storable(value: Any, depth: int = 0) -> bool:
-    """True when a free-form JSON value can be stored and echoed back as valid JSON:
-    integers msgpack can encode, finite floats (Python's parser accepts NaN/Infinity)."""
-    if depth > 64:
-        return False
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return True
-    if isinstance(value, int):
-        return _MIN_INT <= value <= _MAX_INT
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_storable(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(_storable(v, depth + 1) for v in value.values())
-    return False
-
-
 def obj(value: Any, name: str, ctx: Context) -> dict:
-    if not isinstance(value, dict) or not _storable(value):
+    if not isinstance(value, dict) or not storable(value):
         raise invalid_argument(name, value)
     return value
 

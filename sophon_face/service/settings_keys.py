@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from ..store.codec import storable
+
 Rule = Optional[Callable[[Any], bool]]
 
 _CLOCK = r"([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
@@ -203,24 +205,6 @@ def _boolean(value: Any) -> bool:
     raise ValueError("not a boolean")
 
 
-def _storable(value: Any, depth: int = 0) -> bool:
-    """A JSON value the store can keep and give back as valid JSON: no NaN/Infinity
-    (Python's JSON parser accepts them), integers msgpack can encode, bounded nesting."""
-    if depth > MAX_OBJECT_DEPTH:
-        return False
-    if value is None or isinstance(value, (bool, str)):
-        return True
-    if isinstance(value, int):
-        return -(2 ** 63) <= value < 2 ** 64
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_storable(item, depth + 1) for item in value)
-    if isinstance(value, dict):
-        return all(_storable(item, depth + 1) for item in value.values())
-    return False
-
-
 def coerce(name: str, value: Any) -> Any:
     """The stored value for ``setconfigs``' ``value`` of key ``name``; ValueError if not."""
     key = KEYS[name]
@@ -233,7 +217,7 @@ def coerce(name: str, value: Any) -> Any:
     elif key.type == "object":
         if value == "":
             result = {}
-        elif isinstance(value, dict) and _storable(value):
+        elif isinstance(value, dict) and storable(value, MAX_OBJECT_DEPTH):
             result = value
         else:
             raise ValueError("not an object")

@@ -11,6 +11,7 @@ record: compact, independent of the numpy version, and readable in one ``np.from
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, FrozenSet, Mapping
 
 import msgpack
@@ -25,6 +26,8 @@ SCHEMA_VERSIONS: Dict[str, int] = {
     "device": 1,
     "event": 1,
     "setting": 1,
+    "preview": 1,
+    "push": 1,
     "credentials": 1,
 }
 
@@ -39,6 +42,13 @@ REQUIRED_FIELDS: Dict[str, FrozenSet[str]] = {
         "face_id", "identity_id", "register_image_id", "feature", "dim", "created_at",
     }),
     "permission": frozenset({"permission_id", "permission_name", "description", "seq"}),
+    "push": frozenset({"delivered"}),
+    "event": frozenset({
+        "event_id", "timestamp", "identity_id", "identity_name", "register_image_id",
+        "recognize_face_image_id", "spot_image_id", "permission_id", "permission_name",
+        "user_type", "score", "post_action", "frame_id", "media_device_info",
+        "media_device_url", "recognize_face_attr", "feature", "ext_data", "image_bytes",
+    }),
 }
 
 VERSION_FIELD = "v"
@@ -82,6 +92,25 @@ def unpack(kind: str, data: bytes) -> Dict[str, Any]:
             f"{kind} record has schema version {version}, newer than the {known} this "
             "sophon-face understands; the data was written by a newer release")
     return record
+
+
+def storable(value: Any, max_depth: int = 64, depth: int = 0) -> bool:
+    """True when a free-form JSON value can be packed here and given back as valid JSON:
+    integers msgpack can encode ([-2**63, 2**64)), finite floats (Python's JSON parser
+    accepts NaN/Infinity), at most ``max_depth`` levels of nesting."""
+    if depth > max_depth:
+        return False
+    if value is None or isinstance(value, (bool, str)):
+        return True
+    if isinstance(value, int):
+        return -(2 ** 63) <= value < 2 ** 64
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(storable(item, max_depth, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(storable(item, max_depth, depth + 1) for item in value.values())
+    return False
 
 
 def feature_to_bytes(feature: np.ndarray) -> bytes:

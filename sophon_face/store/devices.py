@@ -14,6 +14,7 @@ from sophon_face.store import codec, keys, meta
 from sophon_face.store.env import Txn
 
 KIND = "device"
+PREVIEW_KIND = "preview"
 DEVICE_FIELDS = ("do_rtmp_forward", "media_device_id", "media_device_ip", "media_device_name",
                  "media_device_type", "media_device_url", "net_relay", "permission_id",
                  "roi_area", "rtmp_address")
@@ -86,11 +87,11 @@ def clear(txn: Txn) -> None:
 
 def get_preview(txn: Txn) -> Dict[str, Any]:
     data = txn.raw.get(_PREVIEW, db=txn.dbs.preview)
-    return dict(DEFAULT_PREVIEW) if data is None else codec.unpack("setting", data)["value"]
+    return dict(DEFAULT_PREVIEW) if data is None else codec.unpack(PREVIEW_KIND, data)["value"]
 
 
 def put_preview(txn: Txn, preview: Mapping[str, Any]) -> None:
-    txn.raw.put(_PREVIEW, codec.pack("setting", {"value": dict(preview)}), db=txn.dbs.preview)
+    txn.raw.put(_PREVIEW, codec.pack(PREVIEW_KIND, {"value": dict(preview)}), db=txn.dbs.preview)
 
 
 def render(record: Mapping[str, Any]) -> Dict[str, Any]:

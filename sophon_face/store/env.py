@@ -421,7 +421,7 @@ class Store:
                     log.error("write refused, disk full: %s", exc)
                     raise InsufficientSpaceLeft() from exc
                 raise
-            self._apply_gallery_changes(changes)
+            self._apply_changes(changes)
             return result
 
     def _commit_once(self, env: lmdb.Environment, fn: Callable[..., Any],
@@ -466,7 +466,7 @@ class Store:
                       free >> 20, self._path, self._min_free_bytes >> 20)
             raise InsufficientSpaceLeft()
 
-    def _apply_gallery_changes(self, changes: Optional[Sequence[Any]]) -> None:
+    def _apply_changes(self, changes: Optional[Sequence[Any]]) -> None:
         if not changes:
             return
         if any(isinstance(c, ReloadAll) for c in changes):

@@ -25,14 +25,6 @@ from sophon_face.store.env import Txn
 
 KIND = "event"
 
-#: Every field a stored event carries (checked when packing).
-codec.REQUIRED_FIELDS[KIND] = frozenset({
-    "event_id", "timestamp", "identity_id", "identity_name", "register_image_id",
-    "recognize_face_image_id", "spot_image_id", "permission_id", "permission_name",
-    "user_type", "score", "post_action", "frame_id", "media_device_info",
-    "media_device_url", "recognize_face_attr", "feature", "ext_data", "image_bytes",
-})
-
 #: Fields that are internal to the store and never rendered (R28: is_send likewise).
 _INTERNAL = ("feature", "media_device_url", "image_bytes")
 

@@ -13,17 +13,23 @@ from __future__ import annotations
 
 from typing import Iterable, List, Set, Tuple
 
-import msgpack
-
-from sophon_face.store import keys
+from sophon_face.store import codec, keys
 from sophon_face.store.env import Txn
 
-_EMPTY = msgpack.packb([], use_bin_type=True)
+KIND = "push"
+
+
+def _entry(delivered: Iterable[str]) -> bytes:
+    return codec.pack(KIND, {"delivered": sorted(delivered)})
+
+
+def _delivered(value: bytes) -> Set[str]:
+    return set(codec.unpack(KIND, value)["delivered"])
 
 
 def enqueue(txn: Txn, event_id: str) -> None:
     """Owe the event to every URL (the set of URLs is read when it is delivered)."""
-    txn.raw.put(keys.event_key(int(event_id)), _EMPTY, db=txn.dbs.push_queue)
+    txn.raw.put(keys.event_key(int(event_id)), _entry(()), db=txn.dbs.push_queue)
 
 
 def oldest(txn: Txn, limit: int) -> List[Tuple[str, Set[str]]]:
@@ -33,7 +39,7 @@ def oldest(txn: Txn, limit: int) -> List[Tuple[str, Set[str]]]:
     for key, value in cursor.iternext(keys=True, values=True):
         if len(entries) >= limit:
             break
-        entries.append((str(keys.event_id_from_key(key)), set(msgpack.unpackb(value, raw=False))))
+        entries.append((str(keys.event_id_from_key(key)), _delivered(value)))
     return entries
 
 
@@ -43,9 +49,7 @@ def mark_delivered(txn: Txn, event_id: str, url: str) -> None:
     value = txn.raw.get(key, db=txn.dbs.push_queue)
     if value is None:
         return
-    done = set(msgpack.unpackb(value, raw=False))
-    done.add(url)
-    txn.raw.put(key, msgpack.packb(sorted(done), use_bin_type=True), db=txn.dbs.push_queue)
+    txn.raw.put(key, _entry(_delivered(value) | {url}), db=txn.dbs.push_queue)
 
 
 def remove(txn: Txn, event_ids: Iterable[str]) -> None:
