@@ -15,12 +15,13 @@ import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from aiohttp import web
 
 from .api.http import MAX_BODY_BYTES, VALIDATION_CONTEXT, error_middleware
 from .api.keys import SERVICES, Services
+from .api.preview_ws import start_preview_servers
 from .api.realtime_ws import start_realtime_server
 from .api.routes import add_routes
 from .api.validation import Context
@@ -29,8 +30,11 @@ from .config import Config
 from .pipeline.face_pipeline import FacePipeline
 from .pipeline.quality import QualityThresholds
 from .pipeline.types import ImageLimits
+from .push.device_status import DeviceStatusPusher
 from .push.history import HistoryPusher
+from .push.preview import PreviewHub
 from .push.realtime import RealtimeHub
+from .push.relay import RelayController, TcpRelayDriver
 from .service.analysis import FaceAnalysis, ImageAccess
 from .service.data import DataService
 from .service.devices import DeviceService
@@ -41,10 +45,15 @@ from .service.identities import IdentityService
 from .service.login import LoginService
 from .service.search import SearchService
 from .service.settings import RuntimeSettings
+from .service.video_recognition import VideoRecognition
 from .store.env import Store
 from .store.event_images import EventImageFiles
 from .store.event_index import EventIndex
+from .store import devices as device_records
 from .store.gallery import Gallery
+from .video.frames import FrameSource
+from .video.manager import VideoManager
+from .video.session import PreviewSink
 from .workers.models import PreparedModels, pipeline_factory, prepare_models
 from .workers.pool import WorkerPool
 
@@ -53,6 +62,9 @@ log = logging.getLogger(__name__)
 CONFIG = web.AppKey("config", Config)
 #: The real-time WebSocket's bound port (server.ws_port, or the one picked for port 0).
 WS_PORT = web.AppKey("ws_port", int)
+#: The preview frame stream's and control channel's bound ports (preview.port/control_port).
+PREVIEW_PORT = web.AppKey("preview_port", int)
+PREVIEW_CONTROL_PORT = web.AppKey("preview_control_port", int)
 
 
 def build_app(config: Config, backend_options: Optional[BackendOptions] = None,
@@ -133,15 +145,38 @@ class _Lifecycle:
 
 
 class _Pushes:
-    """The event pushes' lifecycle: the real-time WebSocket server and the history pusher."""
+    """What runs beside the API, closed in reverse order of start: the video readers
+    (they record events), then the pushes (real-time, history, relay, device status,
+    preview) and their servers."""
 
-    def __init__(self, hub: RealtimeHub, runner: web.AppRunner, pusher: HistoryPusher) -> None:
-        self.hub, self.runner, self.pusher = hub, runner, pusher
+    def __init__(self) -> None:
+        self._closers: List[Callable[[], Awaitable[Any]]] = []
+
+    def on_close(self, closer: Callable[[], Awaitable[Any]]) -> None:
+        self._closers.append(closer)
 
     async def close(self) -> None:
-        await self.pusher.stop()
-        await self.hub.close()
-        await self.runner.cleanup()
+        for closer in reversed(self._closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("shutdown step failed")
+
+
+def _source_factory(config: Config, runtime: str) -> Callable[[str, bool], FrameSource]:
+    """``video.decoder``: SAIL's hardware decoder on the box, OpenCV's FFmpeg elsewhere."""
+    decoder = config.video.decoder
+    if decoder == "auto":
+        decoder = "sail" if runtime == "sail" else "opencv"
+    if decoder == "sail":
+        from .video.sail_source import SailFrameSource  # the vendor module loads lazily
+
+        return lambda url, _is_file: SailFrameSource(url, dev_id=config.models.tpu_id)
+    from .video.opencv_source import OpenCvFrameSource
+
+    timeout_s = config.video.read_timeout_s
+    return lambda url, _is_file: OpenCvFrameSource(url, open_timeout_s=timeout_s,
+                                                   read_timeout_s=timeout_s)
 
 
 async def _services(app: web.Application, config: Config, models: PreparedModels,
@@ -177,8 +212,11 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
     events = EventService(store, event_index, images, settings, Retention(
         config.events.max_events, config.events.max_image_bytes))
 
+    pushes = _Pushes()
     hub = RealtimeHub(config.push.realtime_queue_size)
     runner, ws_port = await start_realtime_server(hub, config.server.host, config.server.ws_port)
+    pushes.on_close(runner.cleanup)
+    pushes.on_close(hub.close)
     app[WS_PORT] = ws_port
     log.info("real-time events on ws://%s:%d", config.server.host, ws_port)
     pusher = HistoryPusher(store, settings, images, batch=config.push.history_batch,
@@ -186,7 +224,49 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
     events.subscribe(hub.publish)
     events.subscribe(lambda _event: pusher.wake())
     await pusher.start()
-    pushes = _Pushes(hub, runner, pusher)
+    pushes.on_close(pusher.stop)
+
+    async def relay_of(device_id: str) -> Optional[Dict[str, Any]]:
+        record = await store.read(device_records.get, device_id)
+        return None if record is None else record.get("net_relay") or None
+
+    relay = RelayController(settings, relay_of, TcpRelayDriver())
+    events.subscribe(relay.on_event)
+    pushes.on_close(relay.close)
+
+    device_service = DeviceService(store, config.devices.max_count, config.image_roots)
+    preview = PreviewHub(config.preview.queue_size, config.preview.jpeg_quality)
+    preview.set_layout(await device_service.get_preview({}))
+    device_service.subscribe(preview.on_device_change)
+    device_service.subscribe_preview(preview.on_preview_change)
+    preview_runners, preview_port, control_port = await start_preview_servers(
+        preview, config.server.host, config.preview.port, config.preview.control_port)
+    for preview_runner in preview_runners:
+        pushes.on_close(preview_runner.cleanup)
+    pushes.on_close(preview.close)
+    app[PREVIEW_PORT], app[PREVIEW_CONTROL_PORT] = preview_port, control_port
+    log.info("preview on ws://%s:%d/preview, control on ws://%s:%d", config.server.host,
+             preview_port, config.server.host, control_port)
+
+    recognition = VideoRecognition(store, gallery, settings, events, match_cosine,
+                                   jpeg_quality=config.events.jpeg_quality)
+    status_pusher: Optional[DeviceStatusPusher] = None
+
+    def status_changed() -> None:
+        if status_pusher is not None:
+            status_pusher.notify_change()
+
+    video = VideoManager(pool, recognition, settings, config.video,
+                         _source_factory(config, models.manifest.runtime), config.image_roots,
+                         preview=PreviewSink(preview.wants_frames, preview.publish_frame),
+                         on_status_change=status_changed)
+    device_service.subscribe(video.on_device_change)
+    status_pusher = DeviceStatusPusher(settings, lambda: store.read(device_records.list_in_order),
+                                       video.status_of, timeout_s=10.0)
+    await status_pusher.start()
+    pushes.on_close(status_pusher.stop)
+    await video.start(await store.read(device_records.list_in_order))
+    pushes.on_close(video.close)
     started = time.time()
 
     async def health() -> Tuple[Dict[str, Any], bool]:
@@ -203,7 +283,12 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
                         "batching": batching_stats()},
             "store": {"open": store.is_open, "faces": gallery.count(),
                       "events": event_index.count()},
-            "push": {"realtime": dict(hub.stats(), port=ws_port), "history": pusher.stats()},
+            "push": {"realtime": dict(hub.stats(), port=ws_port), "history": pusher.stats(),
+                     "device_status": status_pusher.stats(), "relay": relay.stats(),
+                     "preview": dict(preview.stats(), port=preview_port,
+                                     control_port=control_port)},
+            "devices": video.stats(),
+            "workers_background_pending": pool.background_pending,
             "uptime_s": round(time.time() - started, 1),
         }
         return payload, healthy
@@ -214,8 +299,9 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
                                    capacity=lambda: settings.value("GATE_DEFAULT_GROUP_SIZE")),
         groups=GroupService(store),
         search=SearchService(store, gallery, pool, access, match_cosine, settings, events,
-                             jpeg_quality=config.events.jpeg_quality),
-        devices=DeviceService(store, config.devices.max_count, config.image_roots),
+                             jpeg_quality=config.events.jpeg_quality,
+                             device_seen=video.photo_seen),
+        devices=device_service,
         events=events,
         event_search=EventSearch(store, event_index, pool, access, settings, match_cosine),
         settings=settings,

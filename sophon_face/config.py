@@ -134,6 +134,42 @@ class PushConfig:
     history_timeout_s: float = 10.0
 
 
+#: ``video.decoder`` values: "auto" uses SAIL's hardware decoder on the se5 profile.
+DECODERS = ("auto", "opencv", "sail")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    #: Frames per second each video device hands to detection; frames in between are
+    #: skipped, and a frame waiting while the previous one is analysed is replaced by
+    #: the next (never queued).
+    analysis_fps: float = 8.0
+    #: A ``file`` device plays once at its native rate; true loops it.
+    loop_files: bool = False
+    #: "opencv" (FFmpeg), "sail" (the BM1684's VPU via sail.Decoder) or "auto".
+    decoder: str = "auto"
+    #: RTSP reconnection: the first retry after this, doubling up to the maximum.
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 30.0
+    #: A stream that delivers no frame for this long is reconnected (and reported offline).
+    read_timeout_s: float = 10.0
+    #: A track not seen for this long has left the picture (its event, if any, is final).
+    track_timeout_s: float = 1.0
+    #: Most faces analysed per frame (largest first): a crowd cannot stall a device.
+    max_faces_per_frame: int = 8
+
+
+@dataclass(frozen=True)
+class PreviewConfig:
+    #: ws://host:5678/preview (device.md 10.1) and the control channel ws://host:54547
+    #: (10.2); 0 picks a free port (tests).
+    port: int = 5678
+    control_port: int = 54547
+    #: Frames queued per viewer before the oldest is dropped (a slow viewer loses frames).
+    queue_size: int = 4
+    jpeg_quality: int = 80
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
@@ -150,6 +186,8 @@ class Config:
     events: EventsConfig = field(default_factory=EventsConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     #: Folder relative paths in the file resolve against (not a YAML key).
     base_dir: str = field(default=".", metadata={"internal": True})
@@ -220,6 +258,17 @@ _CHECKS = {
     ("recognition", "match_threshold"): lambda v: 0 <= v <= 100,
     ("recognition", "min_face_size"): lambda v: v >= 0,
     ("recognition", "library_capacity"): lambda v: v >= 1,
+    ("video", "analysis_fps"): lambda v: 0 < v <= 60,
+    ("video", "decoder"): lambda v: v in DECODERS,
+    ("video", "reconnect_min_s"): lambda v: v > 0,
+    ("video", "reconnect_max_s"): lambda v: v > 0,
+    ("video", "read_timeout_s"): lambda v: v > 0,
+    ("video", "track_timeout_s"): lambda v: v > 0,
+    ("video", "max_faces_per_frame"): lambda v: v >= 1,
+    ("preview", "port"): lambda v: 0 <= v <= 65535,
+    ("preview", "control_port"): lambda v: 0 <= v <= 65535,
+    ("preview", "queue_size"): lambda v: v >= 1,
+    ("preview", "jpeg_quality"): lambda v: 1 <= v <= 100,
     ("logging", "level"): lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 
@@ -234,6 +283,10 @@ def _coerce(value: Any, annotation: str, path: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected number, got {value!r}")
         return float(value)
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
     if annotation == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected string, got {value!r}")

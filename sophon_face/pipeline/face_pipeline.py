@@ -64,6 +64,14 @@ class FacePipeline:
             raise NoFaceError(image.param)
         return faces
 
+    def detect_bgr(self, image_bgr: np.ndarray) -> List[DetectedFace]:
+        """All faces of a raw frame, largest first; ``[]`` when there is none."""
+        return self._detector.detect(image_bgr)
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, D) unit features of aligned crops, in one embedder run."""
+        return self._embedder.embed(list(crops))
+
     def analyze_largest(self, image: DecodedImage, fiqa_level: str, with_feature: bool = True,
                         min_face_size: Optional[float] = None, raise_on_low_quality: bool = True,
                         times: Optional[Dict[str, float]] = None,

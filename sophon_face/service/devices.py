@@ -107,12 +107,33 @@ class DeviceService:
         self._max_count = max_count
         self._roots = [os.path.realpath(str(r)) for r in image_roots]
         self._subscribers: List[Callable[[str, Dict[str, Any]], None]] = []
+        self._preview_subscribers: List[Callable[[Dict[str, Any], bool], None]] = []
 
     def subscribe(self, callback: Callable[[str, Dict[str, Any]], None]) -> None:
         """``callback(action, device)`` after a committed add / modify / delete."""
         self._subscribers.append(callback)
 
-    def _announce(self, action: str, device: Dict[str, Any]) -> None:
+    def subscribe_preview(self, callback: Callable[[Dict[str, Any], bool], None]) -> None:
+        """``callback(preview, broadcast)`` with the whole layout after each committed change.
+
+        ``broadcast`` is False when the change is the side effect of a device delete: the
+        device subscribers are called right after, and their "delete" notice is the one
+        that tells the preview clients (device.md 10.2), carrying this layout."""
+        self._preview_subscribers.append(callback)
+
+    def _announce_preview(self, preview: Dict[str, Any], broadcast: bool) -> None:
+        for callback in self._preview_subscribers:
+            try:
+                callback(dict(preview), broadcast)
+            except Exception:
+                log.exception("preview subscriber failed")
+
+    def _announce(self, action: str, device: Dict[str, Any],
+                  preview: Optional[Dict[str, Any]] = None) -> None:
+        """Device subscribers; with ``preview`` (a delete), the preview subscribers first,
+        so that whoever reads the layout while handling the device sees the new one."""
+        if preview is not None:
+            self._announce_preview(preview, broadcast=False)
         for callback in self._subscribers:
             try:
                 callback(action, device)
@@ -259,27 +280,27 @@ class DeviceService:
         device_id = _string(body, "media_device_id", 10 ** 6)
         assert device_id is not None
 
-        def write(txn: Txn) -> Tuple[Dict[str, Any], list]:
+        def write(txn: Txn) -> Tuple[Tuple[Dict[str, Any], Dict[str, Any]], list]:
             old = devices.get(txn, device_id)
             if old is None:
                 raise DeviceIdNotFound(device_id)
-            devices.delete(txn, device_id)
-            return devices.render(old), []
+            devices.delete(txn, device_id)  # also drops it from both preview lists
+            return (devices.render(old), devices.get_preview(txn)), []
 
-        device = await self._store.write(write, check_free_space=False)
-        self._announce("delete", device)
+        device, preview = await self._store.write(write, check_free_space=False)
+        self._announce("delete", device, preview)
         return {"media_device_id": device_id, "media_device_name": device["media_device_name"]}
 
     async def delete_all(self, body: Dict[str, Any]) -> Dict[str, Any]:
-        def write(txn: Txn) -> Tuple[List[Dict[str, Any]], list]:
+        def write(txn: Txn) -> Tuple[Tuple[List[Dict[str, Any]], Dict[str, Any]], list]:
             gone = [devices.render(r) for r in devices.iter_in_order(txn)]
             for record in gone:
                 devices.delete(txn, record["media_device_id"])
-            return gone, []
+            return (gone, devices.get_preview(txn)), []
 
-        gone = await self._store.write(write, check_free_space=False)
-        for device in gone:
-            self._announce("delete", device)
+        gone, preview = await self._store.write(write, check_free_space=False)
+        for device in gone:  # each notice carries the final layout (both lists emptied)
+            self._announce("delete", device, preview)
         return {"deleted_device_count": len(gone), "total_device_count": len(gone),
                 "media_device_list": [d["media_device_id"] for d in gone]}
 
@@ -320,4 +341,6 @@ class DeviceService:
             devices.put_preview(txn, preview)
             return preview, []
 
-        return await self._store.write(write)
+        preview = await self._store.write(write)
+        self._announce_preview(preview, broadcast=True)  # device.md 8: modify_media_device {}
+        return preview

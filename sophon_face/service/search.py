@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -58,7 +58,7 @@ class Probe:
     spot_jpeg: Optional[bytes]
 
 
-def _face_crop_jpeg(image_bgr: np.ndarray, bbox: np.ndarray, quality: int) -> Optional[bytes]:
+def face_crop_jpeg(image_bgr: np.ndarray, bbox: np.ndarray, quality: int) -> Optional[bytes]:
     height, width = image_bgr.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in bbox)
     dx, dy = (x2 - x1) * CROP_MARGIN, (y2 - y1) * CROP_MARGIN
@@ -79,7 +79,7 @@ def _probe_job(pipeline: FacePipeline, source: ImageInput, access: ImageAccess,
                                         min_face_size=float(min_face_size))
     assert analyzed.feature is not None
     face = analyzed.face
-    face_jpeg = (_face_crop_jpeg(image.image_bgr, face.bbox, jpeg_quality)
+    face_jpeg = (face_crop_jpeg(image.image_bgr, face.bbox, jpeg_quality)
                  if image_type in ("recognize_face", "all") else None)
     spot_jpeg = (jpeg_for_storage(image, max(jpeg_quality, 90))
                  if image_type in ("spot_image", "all") else None)
@@ -115,27 +115,29 @@ MATCH_RETRIES = 10
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class Candidate:
     identity: Dict[str, Any]
     register_image_id: str
     photo: Optional[bytes]
 
 
-def _candidate(txn: Txn, match: Match, with_photo: bool) -> Optional[_Candidate]:
+def matched_candidate(txn: Txn, match: Match, with_photo: bool) -> Optional[Candidate]:
     """The matched identity, its face's photo id and (if asked) photo, or None when a write
     replaced or deleted the matched face after the gallery was searched."""
     identity = identities.get(txn, match.identity_id)
     if identity is None or match.face_id not in identity["face_ids"]:
         return None
     image_id = identity["register_image_ids"][identity["face_ids"].index(match.face_id)]
-    return _Candidate(identity, image_id, images.get(txn, image_id) if with_photo else None)
+    return Candidate(identity, image_id, images.get(txn, image_id) if with_photo else None)
 
 
 class SearchService:
     def __init__(self, store: Store, gallery: Gallery, pool: WorkerPool, access: ImageAccess,
                  match_cosine: float, settings: RuntimeSettings, events: EventService,
-                 jpeg_quality: int = 90) -> None:
+                 jpeg_quality: int = 90,
+                 device_seen: Optional[Callable[[str], None]] = None) -> None:
         self._store = store
+        self._device_seen = device_seen  # a photo device's status (device.md 9)
         self._gallery = gallery
         self._pool = pool
         self._access = access
@@ -148,6 +150,8 @@ class SearchService:
         started = time.perf_counter()
         called_at = time.time()
         group, device = await self._store.read(_scope, body)
+        if device is not None and self._device_seen is not None:
+            self._device_seen(device["media_device_id"])
         if not self._settings.is_armed():
             raise NotInPassTime()
         liveness = body["with_liveness_check"]
@@ -183,7 +187,7 @@ class SearchService:
             # The photo also goes to the real-time push of a recognised person's event.
             want_photo = result or (body["with_register_photo"]
                                     and not body["with_result_modification"])
-            candidate = await self._store.read(_candidate, match, want_photo)
+            candidate = await self._store.read(matched_candidate, match, want_photo)
             if candidate is not None:
                 break
         else:

@@ -104,3 +104,8 @@ def event_info(record: Mapping[str, Any]) -> Dict[str, Any]:
 
 def ids(txn: Txn) -> List[str]:
     return [r["media_device_id"] for r in iter_in_order(txn)]
+
+
+def list_in_order(txn: Txn) -> List[Dict[str, Any]]:
+    """Every device record, in creation order (materialised inside the transaction)."""
+    return list(iter_in_order(txn))

@@ -18,6 +18,7 @@ TEST_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 def make_config(data_dir: Path, **recognition: object) -> Config:
     return config_from_mapping({
         "server": {"ws_port": 0},  # an ephemeral real-time WebSocket port per daemon
+        "preview": {"port": 0, "control_port": 0},
         "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
         "images": {"roots": [str(TEST_DATA_DIR)]},
         "workers": {"count": 1, "intra_op_threads": 2},

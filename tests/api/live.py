@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from aiohttp import web
 
-from sophon_face.app import WS_PORT, build_app
+from sophon_face.app import PREVIEW_CONTROL_PORT, PREVIEW_PORT, WS_PORT, build_app
 from sophon_face.config import Config
 
 
@@ -50,6 +50,8 @@ class LiveServer:
         self._runner: Optional[web.AppRunner] = None
         self.port = 0
         self.ws_port = 0  # the real-time event WebSocket (api/event.md 7)
+        self.preview_port = 0  # device.md 10.1 and 10.2
+        self.preview_control_port = 0
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> "LiveServer":
@@ -65,6 +67,8 @@ class LiveServer:
         await site.start()
         self.port = self._runner.addresses[0][1]
         self.ws_port = app[WS_PORT]
+        self.preview_port = app[PREVIEW_PORT]
+        self.preview_control_port = app[PREVIEW_CONTROL_PORT]
 
     def stop(self) -> None:
         if self._runner is not None:

@@ -140,6 +140,7 @@ def write_config(path: Path, data_dir: Path, models_dir: Path, *, workers: int =
         "models": {"cache_dir": str(models_dir)},
         "workers": {"count": workers, "intra_op_threads": intra_op_threads,
                     "queue_size": queue_size},
+        "preview": {"port": 0, "control_port": 0},
         "logging": {"level": log_level},
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -1,0 +1,170 @@
+"""The preview WebSocket servers (api/device.md 10), each on its own port.
+
+- Frame stream (10.1), default port 5678, paths ``/preview`` and ``/``: binary messages
+  whose payload is UTF-8 JSON, one per analysed frame of each on-screen device.
+- Control channel (10.2), default port 54547, any path: text JSON messages on every
+  layout change (updatepreview) and device add / modify / delete.
+
+Clients send nothing that matters: whatever they send is read and ignored (a message
+longer than MAX_CLIENT_MESSAGE_BYTES closes the socket, 1009). A plain GET without the
+upgrade is answered 400. The hub (push/preview.py) runs one sender task per connection,
+so these handlers only ever read. Heartbeat pings find dead peers (no PONG within half
+the interval closes the socket).
+
+Choices where the spec is silent:
+- A control client is sent the current layout as soon as it connects, with
+  ``modify_media_device: {}``, so that a UI is in sync without calling getpreview first
+  (the hub queues it before any later broadcast, so the order is always right).
+- permessage-deflate is off: frames are mostly base64 JPEG, which barely compresses, and
+  compressing would cost CPU per viewer instead of once per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable, List, Tuple
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..push.preview import Client, PreviewHub
+from ..push.realtime import CLOSE_GOING_AWAY, CLOSE_TIMEOUT_S
+
+log = logging.getLogger(__name__)
+
+#: Seconds between server pings; a peer that does not answer within half of it is dropped.
+HEARTBEAT_S = 30.0
+#: Clients are not expected to send anything; this only bounds what a stray one costs.
+MAX_CLIENT_MESSAGE_BYTES = 64 * 1024
+
+HUB = web.AppKey("preview_hub", PreviewHub)
+HEARTBEAT = web.AppKey("preview_heartbeat_s", float)
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the TCP connection now, discarding unsent bytes (a graceful transport close
+    waits for a stuck peer to drain them, which may be never)."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+class _ClientSocket:
+    """The hub's Connection over one WebSocket: a close that cannot leave it hanging."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self._ws, self._request = ws, request
+
+    async def send_bytes(self, data: bytes) -> None:
+        await self._ws.send_bytes(data)
+
+    async def send_str(self, data: str) -> None:
+        await self._ws.send_str(data)
+
+    async def close(self, *, code: int = CLOSE_GOING_AWAY, message: bytes = b"") -> bool:
+        try:
+            return await self._ws.close(code=code, message=message)
+        finally:
+            # After a clean closing handshake this finds nothing left to drop; after a
+            # failed or abandoned one it unblocks this connection's handler and frees it.
+            _abort(self._request)
+
+
+async def _serve(request: web.Request, kind: str,
+                 add: Callable[[PreviewHub, _ClientSocket, str], Client],
+                 remove: Callable[[PreviewHub, Client], Awaitable[None]]) -> web.StreamResponse:
+    """One client's whole connection: register it with the hub, read until it leaves."""
+    ws = web.WebSocketResponse(heartbeat=request.app[HEARTBEAT], timeout=CLOSE_TIMEOUT_S,
+                               compress=False, max_msg_size=MAX_CLIENT_MESSAGE_BYTES)
+    if not ws.can_prepare(request).ok:
+        return web.Response(status=400, text="WebSocket upgrade expected")
+    await ws.prepare(request)
+    hub = request.app[HUB]
+    peer = request.remote or "?"
+    if hub.closed:  # a connection that raced the shutdown
+        await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
+        return ws
+    client = add(hub, _ClientSocket(ws, request), peer)
+    log.info("preview %s client %s connected (%d viewers, %d control)", kind, peer,
+             hub.viewer_count, hub.control_count)
+    try:
+        async for message in ws:  # drives pings and the closing handshake; content ignored
+            if message.type == WSMsgType.ERROR:
+                break
+    finally:
+        await remove(hub, client)
+        if ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
+            _abort(request)  # e.g. no PONG: do not wait for a dead peer to drain our bytes
+        log.info("preview %s client %s disconnected (%d sent, %d dropped)", kind, peer,
+                 client.sent, client.dropped)
+    return ws
+
+
+async def frame_socket(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "frame",
+                        lambda hub, socket, name: hub.add_viewer(socket, name=name),
+                        PreviewHub.remove_viewer)
+
+
+async def control_socket(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, "control",
+                        lambda hub, socket, name: hub.add_control(socket, name=name),
+                        PreviewHub.remove_control)
+
+
+def _app(hub: PreviewHub, heartbeat_s: float) -> web.Application:
+    app = web.Application()
+    app[HUB] = hub
+    app[HEARTBEAT] = float(heartbeat_s)
+
+    async def close_hub(_app: web.Application) -> None:
+        # Open sockets would otherwise hold the runner's shutdown for its whole timeout.
+        # Either server's shutdown closes the shared hub: both go down together anyway.
+        await hub.close()
+
+    app.on_shutdown.append(close_hub)
+    return app
+
+
+def build_frame_app(hub: PreviewHub, heartbeat_s: float = HEARTBEAT_S) -> web.Application:
+    app = _app(hub, heartbeat_s)
+    app.router.add_get("/preview", frame_socket)
+    app.router.add_get("/", frame_socket)
+    return app
+
+
+def build_control_app(hub: PreviewHub, heartbeat_s: float = HEARTBEAT_S) -> web.Application:
+    app = _app(hub, heartbeat_s)
+    app.router.add_get("/{tail:.*}", control_socket)
+    return app
+
+
+async def _start(app: web.Application, host: str, port: int) -> Tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
+async def start_preview_servers(hub: PreviewHub, host: str, port: int, control_port: int,
+                                heartbeat_s: float = HEARTBEAT_S
+                                ) -> Tuple[List[web.AppRunner], int, int]:
+    """Serve the frame stream on ``host:port`` and the control channel on
+    ``host:control_port`` (0: any free port); returns both runners (clean them all up)
+    and the two bound ports."""
+    frame_runner, frame_port = await _start(build_frame_app(hub, heartbeat_s), host, port)
+    try:
+        control_runner, bound_control_port = await _start(
+            build_control_app(hub, heartbeat_s), host, control_port)
+    except BaseException:
+        await frame_runner.cleanup()
+        raise
+    return [frame_runner, control_runner], frame_port, bound_control_port
+
+
+__all__ = ["HEARTBEAT_S", "MAX_CLIENT_MESSAGE_BYTES", "build_control_app", "build_frame_app",
+           "start_preview_servers"]

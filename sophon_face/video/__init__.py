@@ -1,0 +1,1 @@
+"""Video devices: frame sources, readers, tracking and best-shot selection (issue: video)."""
