@@ -71,16 +71,16 @@ def analyze_frame(pipeline: FacePipeline, image_bgr: np.ndarray, roi: Sequence[f
         x2, y2 = min(width, int(round(roi[2]))), min(height, int(round(roi[3])))
         if x2 - x1 < 2 or y2 - y1 < 2:
             return []  # the region lies outside this stream's frames
+    # Everything is measured on the region: a face cut by the ROI's edge is "partial"
+    # exactly like one cut by the frame's edge.
     region = image_bgr[y1:y2, x1:x2]
     faces = [f for f in pipeline.detect_bgr(region) if f.short_side >= min_face_px][:max_faces]
-    if x1 or y1:
-        faces = [_shifted(f, float(x1), float(y1)) for f in faces]
     detected = time.perf_counter()
     if not faces:
         _lap(times, "detect", started, detected)
         return []
-    crops = [align_face(image_bgr, face.landmarks) for face in faces]
-    reports = [assess(image_bgr, face, crop, "normal", pipeline.thresholds)
+    crops = [align_face(region, face.landmarks) for face in faces]
+    reports = [assess(region, face, crop, "normal", pipeline.thresholds)
                for face, crop in zip(faces, crops)]
     assessed = time.perf_counter()
     features = pipeline.embed_crops(crops)
@@ -88,6 +88,8 @@ def analyze_frame(pipeline: FacePipeline, image_bgr: np.ndarray, roi: Sequence[f
     _lap(times, "detect", started, detected)
     _lap(times, "quality", detected, assessed)
     _lap(times, "embed", assessed, embedded)
+    if x1 or y1:
+        faces = [_shifted(f, float(x1), float(y1)) for f in faces]
     return [FrameFace(face, features[i], reports[i], best_shot_score(reports[i]))
             for i, face in enumerate(faces)]
 
