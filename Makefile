@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: install run test check bench clean
+.PHONY: install run test test-deps check bench clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,20 @@ run: install
 	$(VENV)/bin/sophon-face serve
 
 # Python 3.8 compatibility check, then every test (unit, API over real HTTP, crash-safety).
-test: install check
+test: install check test-deps
 	$(PY) -m pytest -q tests
+
+# The RTSP tests' camera is GStreamer's RTSP server run by Debian's python3 (tests/rtsp_serve.py).
+# Installed best-effort, never failing: without it those tests skip and say why.
+RTSP_TEST_PACKAGES := python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-base
+test-deps:
+	@dpkg -s $(RTSP_TEST_PACKAGES) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO="sudo -n"; else SUDO=false; fi; \
+	  APT="$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get -y -q"; \
+	  command -v apt-get >/dev/null && \
+	  { $$APT install --no-install-recommends $(RTSP_TEST_PACKAGES) || \
+	    { $$APT update && $$APT install --no-install-recommends $(RTSP_TEST_PACKAGES); }; } \
+	  || echo "RTSP test server not installed: the RTSP tests will skip"; }
 
 check: install
 	$(VENV)/bin/vermin -t=3.8- --no-tips --violations sophon_face tests bench

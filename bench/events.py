@@ -27,26 +27,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import http.client
-import json
 import logging
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
+from inprocess import InProcessDaemon
 from measure import (PROJECT_DIR, RESULTS_DIR, TEST_DATA_DIR, CpuShare, Stats, describe_machine,
                      machine, markdown_table, ratio, save_results)
 
 from aiohttp import web
 
 from sophon_face.api.keys import SERVICES
-from sophon_face.app import build_app
 from sophon_face.config import config_from_mapping
 from sophon_face.service.events import EventService, Retention
 from sophon_face.service.scoring import cosines_to_scores
@@ -76,50 +73,11 @@ def progress(label: str, done: int, total: int, started: float) -> None:
 
 # ---------------------------------------------------------------- 1. search, recording on/off
 
-class _Daemon:
-    """The daemon in this process on a real socket (its own loop in a thread)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.config = config_from_mapping({
-            "server": {"ws_port": 0}, "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
-            "images": {"roots": [str(TEST_DATA_DIR)]}, "workers": {"count": 1}})
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.app: Optional[web.Application] = None
-        self.runner: Optional[web.AppRunner] = None
-        self.port = 0
-
-    def start(self, models: Any) -> "_Daemon":
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(models), self.loop).result(300)
-        return self
-
-    async def _start(self, models: Any) -> None:
-        self.app = build_app(self.config, models=models)
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-    def post(self, endpoint: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        try:
-            conn.request("POST", f"/sophon/v2/face/{endpoint}", json.dumps(payload),
-                         {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            body = json.loads(response.read())
-            if response.status != 200:
-                raise RuntimeError(f"{endpoint}: {response.status} {body}")
-            return body
-        finally:
-            conn.close()
+def _daemon(data_dir: Path) -> InProcessDaemon:
+    return InProcessDaemon(config_from_mapping({
+        "server": {"ws_port": 0}, "preview": {"port": 0, "control_port": 0},
+        "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
+        "images": {"roots": [str(TEST_DATA_DIR)]}, "workers": {"count": 1}}))
 
 
 class _NoEvents:
@@ -130,7 +88,7 @@ class _NoEvents:
 
 
 def bench_search(models: Any, work: Path, calls: int) -> Dict[str, Any]:
-    daemon = _Daemon(work / "daemon").start(models)
+    daemon = _daemon(work / "daemon").start(models)
     try:
         b64 = lambda name: base64.b64encode((TEST_DATA_DIR / name).read_bytes()).decode()  # noqa: E731
         group = daemon.post("createpermission", {"permission_name": "bench"})["permission_id"]

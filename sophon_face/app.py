@@ -206,7 +206,6 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
         return remote_dir if settings.value("GATE_EVENT_IMAGE_PATH") == "remote" else local_dir
 
     images = EventImageFiles((local_dir, remote_dir), current_dir=current_event_dir)
-    data = DataService(store, images, settings)
     # Before serving, so no event is being written: files of events that never committed.
     await loop.run_in_executor(None, images.sweep_orphans, event_index.id_strings())
     events = EventService(store, event_index, images, settings, Retention(
@@ -235,6 +234,7 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
     pushes.on_close(relay.close)
 
     device_service = DeviceService(store, config.devices.max_count, config.image_roots)
+    data = DataService(store, images, settings, device_service)
     preview = PreviewHub(config.preview.queue_size, config.preview.jpeg_quality)
     preview.set_layout(await device_service.get_preview({}))
     device_service.subscribe(preview.on_device_change)

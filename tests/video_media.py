@@ -93,3 +93,13 @@ def head_factory(detect: Callable[[np.ndarray], Sequence[float]],
         return lambda face_px: head_image(image, box, face_px)
 
     return for_photo
+
+
+#: Four passages: Ardern (registered from her 2018 photo, seen in her 2022 one), a
+#: stranger (Sunak, never registered), then Obama and Macron crossing at the same time.
+SCENE = [Passage("ardern_2022.jpg", 0.5, 3.0),
+         Passage("sunak.jpg", 4.0, 3.0, left_to_right=False),
+         Passage("obama_senate.jpg", 7.5, 3.0, y_px=60),
+         Passage("macron_2025.jpg", 7.5, 3.0, y_px=380, left_to_right=False)]
+SCENE_S = 11.0
+REGISTERED = {"ardern": "ardern_2018.jpg", "obama": "obama_senate.jpg", "macron": "macron_2025.jpg"}

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..store import devices, events, push_queue
 from ..store import settings as stored_settings
 from ..store.env import RELOAD_ALL, Store, Txn
 from ..store.event_images import EventImageFiles, directory_usable
+from .devices import DeviceService
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,11 @@ LIBRARY_DBS = ("identities", "identity_order", "group_members", "faces", "images
                "permissions", "permission_names", "permission_order")
 
 
-def _wipe(txn: Txn, users: bool, wipe_events: bool, reset_settings: bool) -> Tuple[None, List[Any]]:
+def _wipe(txn: Txn, users: bool, wipe_events: bool,
+          reset_settings: bool) -> Tuple[List[Dict[str, Any]], List[Any]]:
+    gone: List[Dict[str, Any]] = []
     if users:
+        gone = devices.list_in_order(txn)
         for name in LIBRARY_DBS:
             txn.raw.drop(getattr(txn.dbs, name), delete=False)
         devices.clear(txn)
@@ -37,12 +41,14 @@ def _wipe(txn: Txn, users: bool, wipe_events: bool, reset_settings: bool) -> Tup
         push_queue.clear(txn)
     if reset_settings:
         stored_settings.clear(txn)
-    return None, [RELOAD_ALL]
+    return gone, [RELOAD_ALL]
 
 
 class DataService:
-    def __init__(self, store: Store, images: EventImageFiles, settings: RuntimeSettings) -> None:
+    def __init__(self, store: Store, images: EventImageFiles, settings: RuntimeSettings,
+                 device_service: Optional[DeviceService] = None) -> None:
         self._store = store
+        self._devices = device_service  # told of erased devices: readers stop, previews sync
         self._images = images
         self._settings = settings
 
@@ -50,7 +56,9 @@ class DataService:
         users, events = users or everything, events or everything
         if not (users or events or everything):
             return {"result": True}  # R39: flags present but all false: a no-op
-        await self._store.write(_wipe, users, events, everything, check_free_space=False)
+        gone = await self._store.write(_wipe, users, events, everything, check_free_space=False)
+        if users and self._devices is not None:
+            self._devices.announce_wiped(gone)
         log.warning("wipedata: users=%s events=%s settings=%s", users, events, everything)
         if everything:
             self._settings.reset_to_defaults()

@@ -140,6 +140,15 @@ class DeviceService:
             except Exception:
                 log.exception("device subscriber failed")
 
+    def announce_wiped(self, gone: Sequence[Dict[str, Any]]) -> None:
+        """``wipedata`` erased these devices and the preview layout (service/data.py): the
+        subscribers hear it as deletes, like ``deletemediadevices``."""
+        preview = dict(devices.DEFAULT_PREVIEW)
+        if not gone:
+            self._announce_preview(preview, broadcast=True)
+        for device in gone:
+            self._announce("delete", device, preview)
+
     def _url(self, kind: str, url: Any) -> str:
         if not isinstance(url, str) or not url or len(url) > MAX_URL_CHARS:
             raise invalid_argument("media_device_url", url)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Callable, Dict, Iterator
 
+import cv2
 import pytest
 
 from sophon_face.config import Config, config_from_mapping
 from sophon_face.workers.models import PreparedModels
 
+from ..video_media import head_factory
 from .live import LiveServer
 
 TEST_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -59,3 +61,8 @@ def photo(name: str) -> Path:
     return TEST_DATA_DIR / name
 
 
+@pytest.fixture(scope="session")
+def heads(detector) -> Callable[[str], Callable[[int], Any]]:
+    """``heads(photo)(face_px)``: the head of a test photo for generated videos."""
+    return head_factory(lambda image: detector.detect(image)[0].bbox,
+                        lambda name: cv2.imread(str(TEST_DATA_DIR / name)))

@@ -4,49 +4,24 @@ event per person passing by (api/device.md, api/event.md 2 and 9), over real HTT
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
-import socketserver
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List
 
+import aiohttp
 import cv2
+import numpy as np
 import pytest
 
-from sophon_face.config import Config, config_from_mapping
-
-from ..video_media import Passage, head_factory, write_video
-from .conftest import TEST_DATA_DIR
-from .live import LiveServer, b64_of
+from ..video_media import SCENE, SCENE_S, Passage, write_video
+from .live import LiveServer
 from .receiver import Receiver
-
-#: Four passages: Ardern (registered from her 2018 photo, seen in her 2022 one), a
-#: stranger (Sunak, never registered), then Obama and Macron crossing at the same time.
-SCENE = [Passage("ardern_2022.jpg", 0.5, 3.0),
-         Passage("sunak.jpg", 4.0, 3.0, left_to_right=False),
-         Passage("obama_senate.jpg", 7.5, 3.0, y_px=60),
-         Passage("macron_2025.jpg", 7.5, 3.0, y_px=380, left_to_right=False)]
-SCENE_S = 11.0
-REGISTERED = {"ardern": "ardern_2018.jpg", "obama": "obama_senate.jpg", "macron": "macron_2025.jpg"}
-
-
-def video_config(data_dir: Path, video_dir: Path, **video: Any) -> Config:
-    return config_from_mapping({
-        "server": {"ws_port": 0},
-        "preview": {"port": 0, "control_port": 0},
-        "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
-        "images": {"roots": [str(TEST_DATA_DIR), str(video_dir)]},
-        "workers": {"count": 1, "intra_op_threads": 2},
-        "video": dict({"analysis_fps": 8.0, "reconnect_min_s": 0.5}, **video),
-    })
-
-
-@pytest.fixture(scope="module")
-def heads(detector) -> Callable[[str], Callable[[int], Any]]:
-    return head_factory(lambda image: detector.detect(image)[0].bbox,
-                        lambda name: cv2.imread(str(TEST_DATA_DIR / name)))
+from .video_support import (RelayBoard, all_events, health, ok, register,
+                            set_configs, video_config, wait_for)
 
 
 @pytest.fixture(scope="module")
@@ -65,64 +40,6 @@ def video_server(models, tmp_path: Path, video_dir: Path) -> Iterator[LiveServer
     live = LiveServer(video_config(tmp_path / "daemon", video_dir), models).start()
     yield live
     live.stop()
-
-
-def ok(reply) -> Dict[str, Any]:
-    assert reply.status == 200, reply
-    return reply.json
-
-
-def register(server: LiveServer, group: str = "") -> None:
-    for identity_id, photo in REGISTERED.items():
-        body = {"register_image": b64_of(TEST_DATA_DIR / photo), "identity_id": identity_id,
-                "identity_name": identity_id.title(), "fiqa_level": "no"}
-        if group:
-            body["permission_ids"] = [group]
-        ok(server.post("createidentity", body))
-
-
-def health(server: LiveServer) -> Dict[str, Any]:
-    return server.request("GET", "/health").json
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class RelayBoard:
-    """A door relay on loopback: records each JSON line it is sent (push/relay.py)."""
-
-    def __init__(self) -> None:
-        self.pulses: List[Dict[str, Any]] = []
-        board = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                for line in self.rfile:
-                    board.pulses.append(json.loads(line.decode("utf-8")))
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def set_configs(server: LiveServer, **values: Any) -> None:
-    ok(server.post("setconfigs", {"config_dict": values}))
-
-
-def all_events(server: LiveServer) -> List[Dict[str, Any]]:
-    return ok(server.post("getevents", {"limit": 100}))["events"]
 
 
 def test_file_device_yields_one_event_per_passage(video_server: LiveServer, scene_video: Path) -> None:
@@ -255,6 +172,16 @@ def test_armed_windows_deletion_while_streaming_and_flat_memory(models, tmp_path
         wait_for(lambda: device not in health(live)["devices"], 10, "the device to go")
         wait_for(lambda: not any(t.name == f"video-{device}" for t in threading.enumerate()),
                  10, "the decode thread to end")
+        # wipedata erases the device table: its readers stop as after deletemediadevice.
+        again = ok(live.post("addmediadevice", {
+            "media_device_type": "file", "media_device_name": "loop",
+            "media_device_url": str(video)}))["media_device_id"]
+        wait_for(lambda: health(live)["devices"].get(again, {}).get("frames_analysed"), 30,
+                 "the new reader")
+        ok(live.post("wipedata", {"users": True}))
+        wait_for(lambda: not health(live)["devices"], 10, "the readers to go")
+        wait_for(lambda: not any(t.name.startswith("video-") for t in threading.enumerate()),
+                 10, "the decode threads to end")
     finally:
         live.stop()
 
@@ -265,3 +192,57 @@ def _rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def test_preview_stream_shows_the_tracked_faces(video_server: LiveServer, video_dir: Path,
+                                                heads) -> None:
+    """device.md 10: the control channel announces the device, the frame stream carries
+    its analysed frames (binary frames of UTF-8 JSON) with boxes, track ids and names."""
+    server = video_server
+    register(server)
+    scene = [Passage("ardern_2022.jpg", 0.2, 3.0)]
+    video = write_video(video_dir / "preview.avi", scene, 3.5,
+                        {p.photo: heads(p.photo) for p in scene})
+
+    async def watch() -> Dict[str, List[Dict[str, Any]]]:
+        got: Dict[str, List[Dict[str, Any]]] = {"control": [], "frames": []}
+        async with aiohttp.ClientSession() as session:
+            control = await session.ws_connect(f"ws://127.0.0.1:{server.preview_control_port}")
+            viewer = await session.ws_connect(f"ws://127.0.0.1:{server.preview_port}/preview")
+            got["control"].append(json.loads((await control.receive(timeout=10)).data))
+            loop = asyncio.get_running_loop()
+            device = (await loop.run_in_executor(None, lambda: ok(server.post("addmediadevice", {
+                "media_device_type": "file", "media_device_name": "lobby",
+                "media_device_url": str(video)}))))["media_device_id"]
+            got["control"].append(json.loads((await control.receive(timeout=10)).data))
+            await loop.run_in_executor(None, lambda: ok(server.post("updatepreview", {
+                "preview_device_list": [device], "preview_mode": "1", "last_set_name": "WEBUI"})))
+            got["control"].append(json.loads((await control.receive(timeout=10)).data))
+            deadline = loop.time() + 30
+            while loop.time() < deadline:
+                message = await viewer.receive(timeout=30)
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    break
+                frame = json.loads(message.data.decode("utf-8"))
+                got["frames"].append(frame)
+                if any(o["identity_name"] == "Ardern" for o in frame["preview_objs"]):
+                    break
+            await viewer.close()
+            await control.close()
+        return got
+
+    got = asyncio.run(watch())
+    first, added, layout = got["control"]
+    assert first["modify_media_device"] == {}
+    assert added["modify_media_device"]["action"] == "add"
+    assert added["modify_media_device"]["media_device_info"]["media_device_name"] == "lobby"
+    assert layout["preview_mode"] == 1 and layout["last_set_name"] == "WEBUI"
+    frames = got["frames"]
+    assert frames, "no preview frame arrived"
+    last = frames[-1]
+    assert last["preview_id"] == "0" and last["roi"] == [] and last["frame_id"] > 0
+    assert (last["frame_img"]["width"], last["frame_img"]["height"]) == (1280, 720)
+    jpeg = base64.b64decode(last["frame_img"]["data"])
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (720, 1280, 3)
+    named = [o for o in last["preview_objs"] if o["identity_name"] == "Ardern"]
+    assert named and len(named[0]["detect_box"]) == 4 and named[0]["track_id"] >= 1

@@ -15,10 +15,16 @@ Choices documented here because tests rely on them:
   as the real engine does after its internal reshape; the maximum before any call.
 - The output dict is ordered by name, like the ``std::map`` the real binding converts.
 - Only the numpy-path ``process`` is faked; the Tensor path raises NotImplementedError.
+- ``Decoder`` reads with ``cv2.VideoCapture`` (so files and real RTSP URLs work) and hands
+  frames out in ``DECODER_FORMAT`` (BGR_PLANAR, as the real one does for the VPU's NV12
+  frames; set YUV420P for what it gives for other streams). Reading with another device's
+  Handle, after ``release()``, or from two threads at once is a violation (the real one
+  returns an error code that looks like the end of the file, or races).
 
 Use ``install(monkeypatch)`` to make ``import sophon.sail`` return this module for one test,
 ``install_placeholder`` / ``install_missing`` for the two ways SAIL can be absent, and
 ``register_model`` (with ``FakeGraph`` or ``onnx_graph``) to declare the bmodels that exist.
+``DECODERS`` lists every Decoder constructed.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import enum
 import os
 import sys
 import threading
+import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import cv2
 import numpy as np
 
 
@@ -54,12 +62,51 @@ class IOMode(enum.IntEnum):
     DEVIO = 3
 
 
+class Format(enum.IntEnum):
+    """``sail.Format`` (bm_image_format_ext); the fake stores only the three marked formats."""
+
+    FORMAT_YUV420P = 0  # stored
+    FORMAT_YUV422P = 1
+    FORMAT_YUV444P = 2
+    FORMAT_NV12 = 3
+    FORMAT_NV21 = 4
+    FORMAT_NV16 = 5
+    FORMAT_NV61 = 6
+    FORMAT_NV24 = 7
+    FORMAT_RGB_PLANAR = 8
+    FORMAT_BGR_PLANAR = 9  # stored
+    FORMAT_RGB_PACKED = 10
+    FORMAT_BGR_PACKED = 11  # stored
+    FORMAT_RGBP_SEPARATE = 12
+    FORMAT_BGRP_SEPARATE = 13
+    FORMAT_GRAY = 14
+    FORMAT_COMPRESSED = 15
+
+
+class ImgDtype(enum.IntEnum):
+    DATA_TYPE_EXT_FLOAT32 = 0
+    DATA_TYPE_EXT_1N_BYTE = 1
+    DATA_TYPE_EXT_4N_BYTE = 2
+    DATA_TYPE_EXT_1N_BYTE_SIGNED = 3
+    DATA_TYPE_EXT_4N_BYTE_SIGNED = 4
+
+
 # The pybind enums are bound with export_values(): sail.SYSIO works as well as sail.IOMode.SYSIO.
 globals().update({m.name: m for m in Dtype})
 globals().update({m.name: m for m in IOMode})
+globals().update({m.name: m for m in Format})
+globals().update({m.name: m for m in ImgDtype})
 
 
 class SailEngineError(RuntimeError):
+    pass
+
+
+class SailDecoderError(RuntimeError):
+    pass
+
+
+class SailBMImageError(RuntimeError):
     pass
 
 
@@ -71,6 +118,10 @@ ENGINES: List["Engine"] = []
 VIOLATIONS: List[str] = []
 #: how many TPUs get_available_tpu_num() reports; an SE5 has one.
 TPU_COUNT = 1
+#: every Decoder constructed, in order.
+DECODERS: List["Decoder"] = []
+#: the format Decoder.read() gives frames in (see the module docstring).
+DECODER_FORMAT = Format.FORMAT_BGR_PLANAR
 
 
 def _violation(message: str) -> None:
@@ -402,6 +453,180 @@ def onnx_graph(onnx_path: Union[str, Path], batch_sizes: Sequence[int] = (1,),
     return FakeGraph(name or Path(onnx_path).stem, inputs, outputs, run, tuple(batch_sizes))
 
 
+# -- video decoding: BMImage and Decoder (reference/sail.md 1.4) -------------------------
+
+#: sail_status_t codes Decoder.read() returns (SAIL include/tensor.h).
+SAIL_ERR_DEV_HANDLE = 1004
+SAIL_ERR_DEC_READ = 5006
+SAIL_ERR_DEC_EOF = 5007
+
+_STORED_FORMATS = (Format.FORMAT_BGR_PLANAR, Format.FORMAT_BGR_PACKED, Format.FORMAT_YUV420P)
+
+
+def _to_format(image_bgr: np.ndarray, image_format: Format) -> np.ndarray:
+    """A packed BGR picture in the memory layout of ``image_format``."""
+    if image_format == Format.FORMAT_BGR_PACKED:
+        return np.ascontiguousarray(image_bgr)
+    if image_format == Format.FORMAT_BGR_PLANAR:
+        return np.ascontiguousarray(image_bgr.transpose(2, 0, 1))
+    if image_format == Format.FORMAT_YUV420P:
+        return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2YUV_I420)
+    raise NotImplementedError(f"the fake BMImage does not store {image_format!r}")
+
+
+def _to_bgr(pixels: np.ndarray, image_format: Format) -> np.ndarray:
+    if image_format == Format.FORMAT_BGR_PACKED:
+        return pixels.copy()
+    if image_format == Format.FORMAT_BGR_PLANAR:
+        return np.ascontiguousarray(pixels.transpose(1, 2, 0))
+    return cv2.cvtColor(pixels, cv2.COLOR_YUV2BGR_I420)
+
+
+class BMImage:
+    """``sail.BMImage()`` or ``sail.BMImage(handle, h, w, format, dtype)``: a picture in
+    device memory, here a numpy array in ``format``'s layout (uint8 only)."""
+
+    def __init__(self, *args: Any) -> None:
+        self._pixels: Optional[np.ndarray] = None
+        self._format = Format.FORMAT_BGR_PLANAR  # what the real empty BMImage reports
+        self._dtype = ImgDtype.DATA_TYPE_EXT_1N_BYTE
+        self._width = self._height = 0
+        if not args:
+            return
+        if len(args) != 5:
+            raise TypeError("incompatible constructor arguments: BMImage() or "
+                            "BMImage(handle, h, w, format, dtype)")
+        handle, height, width, image_format, dtype = args
+        if not isinstance(handle, Handle) or not isinstance(image_format, Format) \
+                or not isinstance(dtype, ImgDtype):
+            raise TypeError("incompatible constructor arguments: BMImage(handle: Handle, h: int, "
+                            "w: int, format: Format, dtype: ImgDtype)")
+        if image_format not in _STORED_FORMATS or dtype != ImgDtype.DATA_TYPE_EXT_1N_BYTE:
+            raise NotImplementedError(f"the fake BMImage stores only uint8 {_STORED_FORMATS}")
+        self._set(np.zeros((int(height), int(width), 3), dtype=np.uint8), image_format)
+
+    def _set(self, image_bgr: np.ndarray, image_format: Format) -> None:
+        self._pixels = _to_format(image_bgr, image_format)
+        self._format = image_format
+        self._height, self._width = image_bgr.shape[:2]
+
+    def width(self) -> int:
+        return self._width
+
+    def height(self) -> int:
+        return self._height
+
+    def format(self) -> Format:
+        return self._format
+
+    def dtype(self) -> ImgDtype:
+        return self._dtype
+
+    def asmat(self) -> np.ndarray:
+        """A packed BGR copy, HxWx3 uint8 (sophon-opencv's toMAT converts any format)."""
+        if self._pixels is None:
+            raise SailBMImageError("BMImage asmat() failed!")  # "BMImage is empty!"
+        return _to_bgr(self._pixels, self._format)
+
+
+class Decoder:
+    """``sail.Decoder(file_path, compressed=True, dev_id=0)`` over ``cv2.VideoCapture``."""
+
+    def __init__(self, file_path: str, compressed: bool = True, dev_id: int = 0, /) -> None:
+        # pybind11 would also take bytes as a std::string path; the fake refuses them (and
+        # pathlib.Path, which pybind refuses too) so that passing video data fails loudly.
+        if not isinstance(file_path, str):
+            raise TypeError(f"incompatible constructor arguments: file_path must be str, "
+                            f"got {type(file_path).__name__}")
+        if not isinstance(compressed, (bool, int)):
+            raise TypeError(f"incompatible constructor arguments: compressed must be bool, "
+                            f"got {compressed!r}")
+        if not isinstance(dev_id, int) or isinstance(dev_id, bool):
+            raise TypeError(f"incompatible constructor arguments: dev_id must be int, got {dev_id!r}")
+        self.file_path = file_path
+        self.dev_id = dev_id
+        self.frames_read = 0
+        #: seconds each read() takes, so that tests can overlap two reads.
+        self.read_delay_s = 0.0
+        self._is_rtsp = file_path.startswith("rtsp:")
+        self._busy = threading.Lock()
+        self._released = False
+        self._eof = False
+        capture = cv2.VideoCapture(file_path, cv2.CAP_FFMPEG)
+        if not capture.isOpened():
+            capture.release()
+            # SAIL 3.x: avformat_open_input fails -> std::runtime_error (older: is_opened() False).
+            raise RuntimeError("Failed to open input file")
+        self._capture = capture
+        DECODERS.append(self)
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def is_opened(self) -> bool:
+        return not self._released
+
+    def get_fps(self) -> float:
+        if self._released:
+            return -1.0  # no stream any more
+        return float(self._capture.get(cv2.CAP_PROP_FPS))
+
+    def get_frame_shape(self) -> List[int]:
+        if self._released:
+            return [1, 3, 0, 0]
+        return [1, 3, int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))]
+
+    def is_eof(self) -> bool:
+        return self._eof
+
+    def read(self, handle: Handle, image: Optional[BMImage] = None) -> Any:
+        """``read(handle, image) -> int`` (0 = a frame) or ``read(handle) -> BMImage``."""
+        if image is None:
+            image = BMImage()
+            status = self.read(handle, image)
+            if status != 0:
+                raise SailDecoderError("Failed to get one decoded image")
+            return image
+        if not isinstance(handle, Handle) or not isinstance(image, BMImage):
+            raise TypeError("incompatible function arguments: read(handle: Handle, image: BMImage)")
+        if self._released:
+            _violation("Decoder.read() after release(): the real one returns an error code, "
+                       "which a caller takes for the end of the file")
+        if handle.get_device_id() != self.dev_id:
+            _violation(f"Decoder.read() with a Handle of device {handle.get_device_id()} on a "
+                       f"Decoder of device {self.dev_id}: the real one returns "
+                       f"SAIL_ERR_DEV_HANDLE, which a caller takes for the end of the file")
+        if not self._busy.acquire(blocking=False):
+            _violation("concurrent read() on one Decoder: the real one would race inside FFmpeg")
+        try:
+            if self.read_delay_s:
+                time.sleep(self.read_delay_s)
+            if self._eof:
+                return SAIL_ERR_DEC_EOF
+            ok, frame = self._capture.read()
+            if not ok or frame is None:
+                if self._is_rtsp:
+                    return SAIL_ERR_DEC_READ
+                self._eof = True
+                return SAIL_ERR_DEC_EOF
+            self.frames_read += 1
+            if image.width() == 0 or (image.width(), image.height()) == (frame.shape[1], frame.shape[0]):
+                image._set(frame, DECODER_FORMAT if image.width() == 0 else image.format())
+            else:
+                # The real read() vpp_resizes into a created BMImage of another size.
+                image._set(cv2.resize(frame, (image.width(), image.height())), image.format())
+            return 0
+        finally:
+            self._busy.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._capture.release()
+
+
 # -- installing the fake as sophon.sail ---------------------------------------------------
 
 def _package(sail_module: types.ModuleType) -> types.ModuleType:
@@ -412,12 +637,14 @@ def _package(sail_module: types.ModuleType) -> types.ModuleType:
 
 
 def install(monkeypatch: Any) -> types.ModuleType:
-    """Make ``import sophon.sail`` return this fake, with no models, for one test."""
+    """Make ``import sophon.sail`` return this fake, with no models or decoders, for one test."""
     module = sys.modules[__name__]
     monkeypatch.setattr(module, "MODELS", {})
     monkeypatch.setattr(module, "ENGINES", [])
     monkeypatch.setattr(module, "VIOLATIONS", [])
     monkeypatch.setattr(module, "TPU_COUNT", 1)
+    monkeypatch.setattr(module, "DECODERS", [])
+    monkeypatch.setattr(module, "DECODER_FORMAT", Format.FORMAT_BGR_PLANAR)
     monkeypatch.setitem(sys.modules, "sophon", _package(module))
     monkeypatch.setitem(sys.modules, "sophon.sail", module)
     return module
