@@ -52,3 +52,11 @@ class FrameSource(Protocol):
 
     def close(self) -> None:
         """Release the decoder; safe to call twice and after a failed ``open``."""
+
+
+def redacted_url(url: str) -> str:
+    """The URL without a ``user:password@`` part, for logs, errors and /health."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import cv2
 import numpy as np
 
-from .frames import SourceError
+from .frames import SourceError, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class OpenCvFrameSource:
         capture = cv2.VideoCapture(self._url, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"cannot open {_redacted(self._url)}")
+            raise SourceError(f"cannot open {redacted_url(self._url)}")
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         # FFmpeg reports 90000 or 1000 (the RTP clock) for streams without a rate.
         self._fps = fps if 0.0 < fps <= 120.0 else 0.0
@@ -63,18 +63,10 @@ class OpenCvFrameSource:
         if ok and image is not None:
             return image
         if self._is_stream:
-            raise SourceError(f"stream ended or timed out: {_redacted(self._url)}")
+            raise SourceError(f"stream ended or timed out: {redacted_url(self._url)}")
         return None  # end of file
 
     def close(self) -> None:
         capture, self._capture = self._capture, None
         if capture is not None:
             capture.release()
-
-
-def _redacted(url: str) -> str:
-    """The URL without a ``user:password@`` part, for logs and /health."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

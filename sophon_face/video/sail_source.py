@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..backends.sail import SAIL_INSTALL_HINT
-from .frames import SourceError
+from .frames import SourceError, redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +99,18 @@ class SailFrameSource:
             # the VPU for compressed NV12 (less memory bandwidth); read() converts it to BGR.
             decoder = sail.Decoder(self._url, True, self._dev_id)
         except Exception as exc:  # SAIL >= 3: RuntimeError("Failed to open input file") etc.
-            raise SourceError(f"SAIL cannot open {_redacted(self._url)} on device "
+            raise SourceError(f"SAIL cannot open {redacted_url(self._url)} on device "
                               f"{self._dev_id}: {exc}") from exc
         try:
             if not decoder.is_opened():  # how SAIL before 3.x reports a failed open
-                raise SourceError(f"SAIL cannot open {_redacted(self._url)}")
+                raise SourceError(f"SAIL cannot open {redacted_url(self._url)}")
             fps = _native_fps(decoder)
         except BaseException:
             decoder.release()
             raise
         self._sail, self._handle, self._decoder, self._fps = sail, handle, decoder, fps
         log.info("SAIL decoder on device %s opened %s (%.2f fps)",
-                 self._dev_id, _redacted(self._url), fps)
+                 self._dev_id, redacted_url(self._url), fps)
 
     def read(self) -> Optional[np.ndarray]:
         decoder = self._decoder
@@ -120,17 +120,17 @@ class SailFrameSource:
         try:
             status = decoder.read(self._handle, image)
         except Exception as exc:  # RuntimeError("VPU is hung. VPU requires a reset!")
-            raise SourceError(f"SAIL decoder failed on {_redacted(self._url)}: {exc}") from exc
+            raise SourceError(f"SAIL decoder failed on {redacted_url(self._url)}: {exc}") from exc
         if status != 0:
             if self._is_stream:
-                raise SourceError(f"stream ended or broke: {_redacted(self._url)} "
+                raise SourceError(f"stream ended or broke: {redacted_url(self._url)} "
                                   f"(SAIL status {status})")
             log.debug("end of %s (SAIL status %s)", self._url, status)
             return None
         try:
             image_bgr = image.asmat()
         except Exception as exc:  # SailBMImageError
-            raise SourceError(f"cannot copy a decoded frame of {_redacted(self._url)}: {exc}") from exc
+            raise SourceError(f"cannot copy a decoded frame of {redacted_url(self._url)}: {exc}") from exc
         if not (isinstance(image_bgr, np.ndarray) and image_bgr.dtype == np.uint8
                 and image_bgr.ndim == 3 and image_bgr.shape[2] == 3):
             raise SourceError(
@@ -146,7 +146,7 @@ class SailFrameSource:
             try:
                 decoder.release()
             except Exception:  # closing must not fail; the decoder is dropped either way
-                log.warning("SAIL decoder release failed for %s", _redacted(self._url),
+                log.warning("SAIL decoder release failed for %s", redacted_url(self._url),
                             exc_info=True)
 
 
@@ -158,12 +158,3 @@ def _native_fps(decoder: Any) -> float:
         return 0.0
     fps = float(get_fps())  # avg_frame_rate as num/den: NaN for 0/0, -1 without a stream
     return fps if math.isfinite(fps) and 0.0 < fps <= _MAX_PLAUSIBLE_FPS else 0.0
-
-
-def _redacted(url: str) -> str:
-    """The URL without a ``user:password@`` part, for logs and /health (the same rule as
-    opencv_source.py; both would sit better in frames.py)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
-        return url
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

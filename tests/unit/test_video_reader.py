@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from sophon_face.video.frames import Frame, SourceError
-from sophon_face.video.opencv_source import OpenCvFrameSource, _redacted
+from sophon_face.video.frames import redacted_url
+from sophon_face.video.opencv_source import OpenCvFrameSource
 from sophon_face.video.reader import DecodeThread, FrameMailbox, ReaderOptions, ReaderStats
 
 
@@ -134,5 +135,5 @@ def test_opencv_source_errors_and_redaction(tmp_path: Path) -> None:
         source.read()
     source.close()
     source.close()
-    assert _redacted("rtsp://admin:secret@10.0.0.2:554/ch1") == "rtsp://***@10.0.0.2:554/ch1"
-    assert _redacted("rtsp://10.0.0.2/ch1") == "rtsp://10.0.0.2/ch1"
+    assert redacted_url("rtsp://admin:secret@10.0.0.2:554/ch1") == "rtsp://***@10.0.0.2:554/ch1"
+    assert redacted_url("rtsp://10.0.0.2/ch1") == "rtsp://10.0.0.2/ch1"
