@@ -165,7 +165,7 @@ def events_run(models: Any, work: Path, video: Path) -> Dict[str, Any]:
         started = time.time()
         device = add_devices(daemon, video, video.parent, 1)[0]
         deadline = time.monotonic() + SCENE_S + 60
-        while daemon.devices()[device]["state"] != "finished" and time.monotonic() < deadline:
+        while daemon.devices()[device].get("state") != "finished" and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(0.5)
         events = daemon.post("getevents", {"limit": 100})["events"]

@@ -212,66 +212,74 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
         config.events.max_events, config.events.max_image_bytes))
 
     pushes = _Pushes()
-    hub = RealtimeHub(config.push.realtime_queue_size)
-    runner, ws_port = await start_realtime_server(hub, config.server.host, config.server.ws_port)
-    pushes.on_close(runner.cleanup)
-    pushes.on_close(hub.close)
-    app[WS_PORT] = ws_port
-    log.info("real-time events on ws://%s:%d", config.server.host, ws_port)
-    pusher = HistoryPusher(store, settings, images, batch=config.push.history_batch,
-                           timeout_s=config.push.history_timeout_s)
-    events.subscribe(hub.publish)
-    events.subscribe(lambda _event: pusher.wake())
-    await pusher.start()
-    pushes.on_close(pusher.stop)
+    try:  # whatever started is stopped again if a later step fails
+        hub = RealtimeHub(config.push.realtime_queue_size)
+        runner, ws_port = await start_realtime_server(hub, config.server.host,
+                                                      config.server.ws_port)
+        pushes.on_close(runner.cleanup)
+        pushes.on_close(hub.close)
+        app[WS_PORT] = ws_port
+        log.info("real-time events on ws://%s:%d", config.server.host, ws_port)
+        pusher = HistoryPusher(store, settings, images, batch=config.push.history_batch,
+                               timeout_s=config.push.history_timeout_s)
+        events.subscribe(hub.publish)
+        events.subscribe(lambda _event: pusher.wake())
+        await pusher.start()
+        pushes.on_close(pusher.stop)
 
-    async def relay_of(device_id: str) -> Optional[Dict[str, Any]]:
-        record = await store.read(device_records.get, device_id)
-        return None if record is None else record.get("net_relay") or None
+        async def relay_of(device_id: str) -> Optional[Dict[str, Any]]:
+            record = await store.read(device_records.get, device_id)
+            return None if record is None else record.get("net_relay") or None
 
-    relay = RelayController(settings, relay_of, TcpRelayDriver())
-    events.subscribe(relay.on_event)
-    pushes.on_close(relay.close)
+        relay = RelayController(settings, relay_of, TcpRelayDriver())
+        events.subscribe(relay.on_event)
+        pushes.on_close(relay.close)
 
-    device_service = DeviceService(store, config.devices.max_count, config.image_roots)
-    data = DataService(store, images, settings, device_service)
-    preview = PreviewHub(config.preview.queue_size, config.preview.jpeg_quality)
-    preview.set_layout(await device_service.get_preview({}))
-    device_service.subscribe(preview.on_device_change)
-    device_service.subscribe_preview(preview.on_preview_change)
-    preview_runners, preview_port, control_port = await start_preview_servers(
-        preview, config.server.host, config.preview.port, config.preview.control_port)
-    for preview_runner in preview_runners:
-        pushes.on_close(preview_runner.cleanup)
-    pushes.on_close(preview.close)
-    app[PREVIEW_PORT], app[PREVIEW_CONTROL_PORT] = preview_port, control_port
-    log.info("preview on ws://%s:%d/preview, control on ws://%s:%d", config.server.host,
-             preview_port, config.server.host, control_port)
+        device_service = DeviceService(store, config.devices.max_count, config.image_roots)
+        data = DataService(store, images, settings, device_service)
+        preview = PreviewHub(config.preview.queue_size, config.preview.jpeg_quality)
+        preview.set_layout(await device_service.get_preview({}))
+        device_service.subscribe(preview.on_device_change)
+        device_service.subscribe_preview(preview.on_preview_change)
+        preview_runners, preview_port, control_port = await start_preview_servers(
+            preview, config.server.host, config.preview.port, config.preview.control_port)
+        for preview_runner in preview_runners:
+            pushes.on_close(preview_runner.cleanup)
+        pushes.on_close(preview.close)
+        app[PREVIEW_PORT], app[PREVIEW_CONTROL_PORT] = preview_port, control_port
+        log.info("preview on ws://%s:%d/preview, control on ws://%s:%d", config.server.host,
+                 preview_port, config.server.host, control_port)
 
-    recognition = VideoRecognition(store, gallery, settings, events, match_cosine,
-                                   jpeg_quality=config.events.jpeg_quality)
-    status_pusher: Optional[DeviceStatusPusher] = None
+        recognition = VideoRecognition(store, gallery, settings, events, match_cosine,
+                                       jpeg_quality=config.events.jpeg_quality)
+        status_pusher: Optional[DeviceStatusPusher] = None
 
-    def status_changed() -> None:
-        if status_pusher is not None:
-            status_pusher.notify_change()
+        def status_changed() -> None:
+            if status_pusher is not None:
+                status_pusher.notify_change()
 
-    video = VideoManager(pool, recognition, settings, config.video,
-                         _source_factory(config, models.manifest.runtime), config.image_roots,
-                         preview=PreviewSink(preview.wants_frames, preview.publish_frame),
-                         on_status_change=status_changed)
-    device_service.subscribe(video.on_device_change)
-    status_pusher = DeviceStatusPusher(settings, lambda: store.read(device_records.list_in_order),
-                                       video.status_of, timeout_s=10.0)
-    await status_pusher.start()
-    pushes.on_close(status_pusher.stop)
-    await video.start(await store.read(device_records.list_in_order))
-    pushes.on_close(video.close)
+        video = VideoManager(pool, recognition, settings, config.video,
+                             _source_factory(config, models.manifest.runtime), config.image_roots,
+                             preview=PreviewSink(preview.wants_frames, preview.publish_frame),
+                             on_status_change=status_changed)
+        device_service.subscribe(video.on_device_change)
+        status_pusher = DeviceStatusPusher(
+            settings, lambda: store.read(device_records.list_in_order), video.status_of,
+            timeout_s=10.0)
+        await status_pusher.start()
+        pushes.on_close(status_pusher.stop)
+        await video.start(await store.read(device_records.list_in_order))
+        pushes.on_close(video.close)
+    except BaseException:
+        await pushes.close()
+        raise
+
     started = time.time()
 
     async def health() -> Tuple[Dict[str, Any], bool]:
         warm = pool.warm_up_report
         healthy = warm.ok and store.is_open
+        device_list = await store.read(device_records.list_in_order) if store.is_open else []
         payload: Dict[str, Any] = {
             "status": "ok" if healthy else "error",
             "backend": models.manifest.runtime,
@@ -280,15 +288,14 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
             "feature_dim": models.feature_dim,
             "warm_up": {"ok": warm.ok, "ms": warm.ms, "error": warm.error},
             "workers": {"count": config.workers.count, "pending": pool.pending,
-                        "batching": batching_stats()},
+                        "video_pending": pool.background_pending, "batching": batching_stats()},
             "store": {"open": store.is_open, "faces": gallery.count(),
                       "events": event_index.count()},
             "push": {"realtime": dict(hub.stats(), port=ws_port), "history": pusher.stats(),
                      "device_status": status_pusher.stats(), "relay": relay.stats(),
                      "preview": dict(preview.stats(), port=preview_port,
                                      control_port=control_port)},
-            "devices": video.stats(),
-            "workers_background_pending": pool.background_pending,
+            "devices": video.stats(device_list),
             "uptime_s": round(time.time() - started, 1),
         }
         return payload, healthy

@@ -185,31 +185,32 @@ class VideoManager:
                 else "offline"
         return "online" if running.stats.state == "online" else "offline"
 
-    def stats(self) -> Dict[str, Any]:
-        """Per device, for /health."""
+    def stats(self, devices: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+        """Each device of ``devices`` (the table, in order) for /health: its status and,
+        for a watched one, its reader's and analysis' counters."""
         out: Dict[str, Any] = {}
-        for device_id, running in self._running.items():
-            reader, session = running.stats, running.session.stats
-            out[device_id] = {
-                "type": running.device["media_device_type"],
-                "state": reader.state,
-                "status": self.status_of(running.device),
-                "frames_read": reader.frames_read,
-                "frames_analysed": session.frames_analysed,
-                "frames_dropped": reader.frames_dropped,
-                "frames_skipped": reader.frames_read - reader.frames_sampled,
-                "reconnects": reader.reconnects,
-                "native_fps": round(reader.fps, 2),
-                "faces": session.faces,
-                "tracks": session.tracks,
-                "events": session.events,
-                "stage_ms": {k: round(v, 1) for k, v in session.stage_ms.items()},
-                "last_error": reader.last_error or session.last_error,
-            }
-        for device_id, error in self._errors.items():
-            out[device_id] = {"state": "offline", "status": "offline", "last_error": error}
+        for device in devices:
+            device_id = device["media_device_id"]
+            entry: Dict[str, Any] = {"type": device["media_device_type"],
+                                     "status": self.status_of(device)}
+            running = self._running.get(device_id)
+            if running is not None:
+                reader, session = running.stats, running.session.stats
+                entry.update({
+                    "state": reader.state,
+                    "frames_read": reader.frames_read,
+                    "frames_analysed": session.frames_analysed,
+                    "frames_dropped": reader.frames_dropped,
+                    "frames_skipped": reader.frames_read - reader.frames_sampled,
+                    "reconnects": reader.reconnects,
+                    "native_fps": round(reader.fps, 2),
+                    "faces": session.faces,
+                    "tracks": session.tracks,
+                    "events": session.events,
+                    "stage_ms": {k: round(v, 1) for k, v in session.stage_ms.items()},
+                    "last_error": reader.last_error or session.last_error,
+                })
+            elif device_id in self._errors:
+                entry.update({"state": "offline", "last_error": self._errors[device_id]})
+            out[device_id] = entry
         return out
-
-    def session_stats(self, device_id: str) -> Optional[Any]:
-        running = self._running.get(device_id)
-        return None if running is None else running.session.stats

@@ -126,7 +126,7 @@ def test_two_devices_roi_and_duplicate_suppression(video_server: LiveServer, vid
         ids[name] = ok(server.post("addmediadevice", {
             "media_device_type": "file", "media_device_name": name,
             "media_device_url": str(url), "roi_area": roi}))["media_device_id"]
-    wait_for(lambda: all(health(server)["devices"][d]["state"] == "finished"
+    wait_for(lambda: all(health(server)["devices"][d].get("state") == "finished"
                          for d in ids.values()), 60, "both files to finish")
     time.sleep(0.5)
     by_device: Dict[str, List[str]] = {name: [] for name in ids}
@@ -157,7 +157,8 @@ def test_armed_windows_deletion_while_streaming_and_flat_memory(models, tmp_path
         device = ok(live.post("addmediadevice", {
             "media_device_type": "file", "media_device_name": "loop",
             "media_device_url": str(video)}))["media_device_id"]
-        wait_for(lambda: health(live)["devices"][device]["frames_analysed"] > 20, 30, "warm-up")
+        wait_for(lambda: health(live)["devices"][device].get("frames_analysed", 0) > 20, 30,
+                 "warm-up")
         rss = [_rss_bytes()]
         for _ in range(6):
             time.sleep(4)
