@@ -247,3 +247,29 @@ def test_preview_stream_shows_the_tracked_faces(video_server: LiveServer, video_
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (720, 1280, 3)
     named = [o for o in last["preview_objs"] if o["identity_name"] == "Ardern"]
     assert named and len(named[0]["detect_box"]) == 4 and named[0]["track_id"] >= 1
+
+
+def test_the_hardware_decoder_seam_feeds_a_device(models, tmp_path: Path, video_dir: Path,
+                                                  heads, monkeypatch) -> None:
+    """``video.decoder: sail`` reads through ``sail.Decoder`` (the fake of tests/fakes,
+    which enforces SAIL's calling contract) and the device works as with OpenCV."""
+    from ..fakes import sail as fake_sail
+
+    sail = fake_sail.install(monkeypatch)
+    scene = [Passage("ardern_2022.jpg", 0.2, 2.5)]
+    video = write_video(video_dir / "vpu.avi", scene, 3.0, {p.photo: heads(p.photo) for p in scene})
+    live = LiveServer(video_config(tmp_path / "daemon", video_dir, decoder="sail"), models).start()
+    try:
+        register(live)
+        device = ok(live.post("addmediadevice", {
+            "media_device_type": "file", "media_device_name": "vpu",
+            "media_device_url": str(video)}))["media_device_id"]
+        state = wait_for(lambda: health(live)["devices"][device].get("state") == "finished"
+                         and health(live)["devices"][device], 60, "the file to finish")
+        time.sleep(0.5)
+        events = all_events(live)
+    finally:
+        live.stop()
+    assert [e["identity_id"] for e in events] == ["ardern"]
+    assert state["frames_read"] == 45 and state["native_fps"] == 15.0
+    assert len(sail.DECODERS) == 1 and sail.VIOLATIONS == []
