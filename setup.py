@@ -49,6 +49,13 @@ setup(
     data_files=[
         ("share/sophon-face", ["conf.yaml"]),
         ("share/sophon-face/models", ["models/cpu.yaml"]),
+        # Converted models that no registry ships, with their licence and source.
+        ("share/sophon-face/models/mask", ["models/mask/face_mask_detection.onnx",
+                                           "models/mask/LICENSE", "models/mask/SOURCE.md"]),
+        ("share/sophon-face/models/liveness", ["models/liveness/minifasnet_v2_2.7.onnx",
+                                               "models/liveness/minifasnet_v1se_4.0.onnx",
+                                               "models/liveness/LICENSE",
+                                               "models/liveness/SOURCE.md"]),
         ("share/sophon-face/bmodels", ["bmodels/manifest.yaml"]),
     ],
     entry_points={"console_scripts": ["sophon-face=sophon_face.cli:main"]},

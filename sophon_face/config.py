@@ -102,6 +102,9 @@ class RecognitionConfig:
     match_threshold: float = 82.0
     min_face_size: int = 40
     library_capacity: int = 100000
+    #: ``search`` with ``liveness_rgb``: a probe whose live probability (the RGB liveness
+    #: models' mean, 0-1) is below this fails with LIVENESS_DETECT_FAIL.
+    liveness_threshold: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,7 @@ _CHECKS = {
     ("recognition", "match_threshold"): lambda v: 0 <= v <= 100,
     ("recognition", "min_face_size"): lambda v: v >= 0,
     ("recognition", "library_capacity"): lambda v: v >= 1,
+    ("recognition", "liveness_threshold"): lambda v: 0 <= v <= 1,
     ("video", "analysis_fps"): lambda v: 0 < v <= 60,
     ("video", "decoder"): lambda v: v in DECODERS,
     ("video", "reconnect_min_s"): lambda v: v > 0,

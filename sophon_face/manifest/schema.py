@@ -3,6 +3,10 @@
 A manifest names, per role (detector, recognizer), the model file, how to obtain it, its
 input geometry, colour order and normalisation, the decoder family and, for the
 recognizer, the feature dimension and its calibrated raw decision threshold.
+
+Optional roles (``OPTIONAL_FAMILIES``) are the face-analysis models that run only when a
+request or a setting asks for them: age, gender, mask, and the two RGB liveness models. A
+profile without one of them answers "not assessed" for what it would compute.
 """
 
 from __future__ import annotations
@@ -15,6 +19,14 @@ import yaml
 
 DETECTOR_FAMILIES = ("yunet", "scrfd")
 RECOGNIZER_FAMILIES = ("sface", "arcface")
+#: Optional roles and the families each accepts.
+OPTIONAL_FAMILIES: Dict[str, Tuple[str, ...]] = {
+    "age": ("dlib_age",),
+    "gender": ("dlib_gender",),
+    "mask": ("aizoo_ssd",),
+    "liveness_v2": ("minifasnet",),  # MiniFASNetV2 on the face box grown 2.7x
+    "liveness_v1se": ("minifasnet",),  # MiniFASNetV1SE on the face box grown 4.0x
+}
 PREPARE_STEPS = ("none", "fold_dequantize")
 
 
@@ -47,6 +59,7 @@ class ModelSpec:
     nms_iou: float = 0.3  # detector: NMS IoU threshold
     feature_dim: Optional[int] = None  # recognizer only
     match_cosine: Optional[float] = None  # recognizer: raw cosine decision threshold t
+    crop_scale: Optional[float] = None  # liveness: the face box grown this many times
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,11 @@ class Manifest:
     detector: ModelSpec
     recognizer: ModelSpec
     base_dir: Path = field(default=Path("."))  # where relative model files are looked up
+    optional: Mapping[str, ModelSpec] = field(default_factory=dict)  # role -> spec
+
+    def model(self, role: str) -> Optional[ModelSpec]:
+        """The spec of an optional role, or None when this profile has no such model."""
+        return self.optional.get(role)
 
 
 _SPEC_KEYS = {f for f in ModelSpec.__dataclass_fields__} - {"role", "source"} | {"source"}
@@ -79,7 +97,8 @@ def _spec(role: str, raw: Mapping[str, Any], path: str) -> ModelSpec:
     bad_src = sorted(set(src) - {"package", "file", "sha256"})
     if bad_src:
         raise ManifestError(f"{path}.source.{bad_src[0]}: unknown key")
-    families = DETECTOR_FAMILIES if role == "detector" else RECOGNIZER_FAMILIES
+    families = (DETECTOR_FAMILIES if role == "detector" else RECOGNIZER_FAMILIES
+                if role == "recognizer" else OPTIONAL_FAMILIES[role])
     family = raw.get("family")
     if family not in families:
         raise ManifestError(f"{path}.family: {family!r} is not one of {families}")
@@ -115,10 +134,15 @@ def load_manifest(path: Path) -> Manifest:
     for role in ("detector", "recognizer"):
         if role not in models:
             raise ManifestError(f"models.{role}: required")
+    unknown = sorted(set(models) - {"detector", "recognizer"} - set(OPTIONAL_FAMILIES))
+    if unknown:
+        raise ManifestError(f"models.{unknown[0]}: unknown role")
     return Manifest(
         profile=str(raw.get("profile", "")),
         runtime=str(raw.get("runtime", "")),
         detector=_spec("detector", models["detector"], "models.detector"),
         recognizer=_spec("recognizer", models["recognizer"], "models.recognizer"),
         base_dir=Path(path).resolve().parent,
+        optional={role: _spec(role, models[role], f"models.{role}")
+                  for role in OPTIONAL_FAMILIES if role in models},
     )

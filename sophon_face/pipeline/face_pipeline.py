@@ -18,6 +18,7 @@ from sophon_face.errors import LowQualityError, NoFaceError
 from .align import align_face
 from .detector import Detector
 from .embedder import Embedder
+from .extras import FaceExtras
 from .quality import QualityThresholds, assess, estimate_headpose, normalize_fiqa_level
 from .types import AnalyzedFace, DecodedImage, DetectedFace, HeadPose
 
@@ -44,10 +45,13 @@ class _Stopwatch:
 class FacePipeline:
     """Detector + embedder + quality limits, behind the calls the workers make."""
 
-    def __init__(self, detector: Detector, embedder: Embedder, thresholds: QualityThresholds) -> None:
+    def __init__(self, detector: Detector, embedder: Embedder, thresholds: QualityThresholds,
+                 extras: Optional[FaceExtras] = None) -> None:
         self._detector = detector
         self._embedder = embedder
         self._thresholds = thresholds
+        #: The optional models (attributes, mask, liveness); empty when the profile has none.
+        self.extras = extras if extras is not None else FaceExtras()
 
     @property
     def feature_dim(self) -> int:
@@ -97,7 +101,9 @@ class FacePipeline:
         face = faces[0]
         crop = align_face(image.image_bgr, face.landmarks)
         watch.lap("align")
-        report = assess(image.image_bgr, face, crop, level, self._thresholds)
+        # The mask model runs only where its verdict is checked (``high``).
+        wears_mask = self.extras.wears_mask(image.image_bgr, face) if level == "high" else None
+        report = assess(image.image_bgr, face, crop, level, self._thresholds, wears_mask)
         watch.lap("quality")
         if report.failed and raise_on_low_quality:
             raise LowQualityError(",".join(report.failed))
@@ -131,3 +137,4 @@ class FacePipeline:
         """Release both models' runtime sessions (on the thread that used them)."""
         self._detector.close()
         self._embedder.close()
+        self.extras.close()

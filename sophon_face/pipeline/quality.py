@@ -1,8 +1,11 @@
 """Face image quality (FIQA) from what the detector and the aligner already give us.
 
 No quality model is involved: every score is measured on the 5 landmarks, the bbox and
-the aligned 112x112 crop. ``mask`` and ``occlusion`` would need models we do not have, so
-they are reported as not assessed (``mask = -1``, ``occlusion = ()``) and never appear in
+the aligned 112x112 crop, except ``mask``, which comes from the mask model when the profile
+has one (pipeline/mask.py) and is then checked at ``high`` only (api/README.md 5); without
+the model it is not assessed (``mask = -1``). ``occlusion`` would need a model we do not
+have (no face-parsing weights with a usable licence), so it is reported as not assessed
+(``occlusion = ()``); items not assessed never appear in
 the passed or failed items (api/README.md section 5).
 
 Scores
@@ -78,7 +81,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -245,8 +248,11 @@ def is_partial(image_shape: Tuple[int, ...], face: DetectedFace) -> bool:
 
 
 def assess(image_bgr: np.ndarray, face: DetectedFace, aligned_crop: np.ndarray, level: str,
-           thresholds: QualityThresholds) -> QualityReport:
-    """Measure every score and check the items of ``level``; passed/failed in canonical order."""
+           thresholds: QualityThresholds, wears_mask: Optional[bool] = None) -> QualityReport:
+    """Measure every score and check the items of ``level``; passed/failed in canonical order.
+
+    ``wears_mask`` is the mask model's verdict (None: not assessed); it is checked at
+    ``high`` only."""
     level = normalize_fiqa_level(level)
     grey = cv2.cvtColor(aligned_crop, cv2.COLOR_BGR2GRAY)
     inside = _inside_mask(image_bgr.shape, face.landmarks, grey.shape[0])
@@ -266,12 +272,17 @@ def assess(image_bgr: np.ndarray, face: DetectedFace, aligned_crop: np.ndarray, 
             "face_color": face_color >= lim.min_face_color,
             "brightness": lim.min_brightness <= brightness <= lim.max_brightness,
         }
+        items = LEVEL_ITEMS[level]
+        if wears_mask is not None and level == "high":
+            verdicts["mask"] = not wears_mask
+            items = items + ("mask",)
         for item in QUALITY_ITEMS:
-            if item in LEVEL_ITEMS[level]:
+            if item in items:
                 (passed if verdicts[item] else failed).append(item)
     report = QualityReport(
         level=level, brightness=brightness, clarity=clarity, face_size=face_size, headpose=pose,
-        partial=partial, face_color=face_color, mask=-1, occlusion=(),
+        partial=partial, face_color=face_color,
+        mask=-1 if wears_mask is None else int(wears_mask), occlusion=(),
         passed=tuple(passed), failed=tuple(failed))
     log.debug("fiqa %s: failed %s (clarity %.2f brightness %.2f face_color %.2f)",
               level, report.failed, clarity, brightness, face_color)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..pipeline.face_pipeline import FacePipeline
 from ..pipeline.images import load_image
@@ -42,6 +42,12 @@ def image_input(body: Dict[str, Any], slot: str, param_b64: str, param_path: str
 
 def _round(value: float) -> float:
     return round(float(value), 2)
+
+
+def reply_attributes(attributes: Dict[str, Optional[str]]) -> Dict[str, Optional[str]]:
+    """The ``attribute`` object of detect and search (compare.md): age, gender, glasses;
+    ``null`` for what no model computed (R51). Events also carry ``mask``."""
+    return {key: attributes.get(key) for key in NOT_COMPUTED_ATTRIBUTES}
 
 
 def render_bbox(face: DetectedFace) -> List[float]:
@@ -81,11 +87,13 @@ def _detect_job(pipeline: FacePipeline, source: ImageInput, access: ImageAccess,
     image = load_image(source, access.limits, access.roots)
     faces = pipeline.detect(image)[: options["max_num_faces"]]
     features = pipeline.features_of(image, faces) if options["with_feature"] else None
+    attributes = (pipeline.extras.describe(image.image_bgr, faces)
+                  if options["with_attribute"] else None)
     rendered = []
     for i, face in enumerate(faces):
         item: Dict[str, Any] = {"bbox": render_bbox(face)}
-        if options["with_attribute"]:
-            item["attribute"] = dict(NOT_COMPUTED_ATTRIBUTES)
+        if attributes is not None:
+            item["attribute"] = reply_attributes(attributes[i])
         if options["with_headpose"]:
             item["headpose"] = render_headpose(pipeline.headpose_of(face))
         if options["with_landmark"]:

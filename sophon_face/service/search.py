@@ -14,8 +14,12 @@ answered call never loses its event) but never fails because of it.
 
 Live settings: MATCH_THRESHOLD, REGN_MIN_FACE (default ``min_face_size``), the armed time
 windows REGN_TIME_PART1/2 (NOT_IN_PASS_TIME), REGN_IMAGE_TYPE and the duplicate timeout.
-Liveness has no model: ``liveness_rgb``/``liveness_rgb_ir`` answer
-NOT_SUPPORT_IR_LIVENESS as the spec says.
+Liveness: ``liveness_rgb`` runs the RGB liveness models (pipeline/liveness.py) on the
+probe face; a probe scoring below ``recognition.liveness_threshold`` fails with
+LIVENESS_DETECT_FAIL and records no event. ``liveness_rgb_ir`` (no IR model), and
+``liveness_rgb`` on a profile without liveness models, answer NOT_SUPPORT_IR_LIVENESS.
+Attributes (``with_attribute``, or ALG_ATTRIBUTE_DETECT for the event) come from the
+attribute and mask models where the profile has them; ``null`` otherwise.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from ..errors import (DeviceIdNotFound, EmptyGroupError, MatchFail, MissingArguments,
-                      NotInPassTime, NotSupportIrLiveness, PermissionIdNotFound)
+from ..errors import (DeviceIdNotFound, EmptyGroupError, LivenessDetectFail, MatchFail,
+                      MissingArguments, NotInPassTime, NotSupportIrLiveness,
+                      PermissionIdNotFound)
 from ..pipeline.face_pipeline import FacePipeline
 from ..pipeline.images import jpeg_for_storage, load_image
 from ..pipeline.types import ImageInput
@@ -37,8 +42,7 @@ from ..store import devices, identities, images, permissions
 from ..store.env import Store, Txn
 from ..store.gallery import Gallery, Match
 from ..workers.pool import WorkerPool
-from .analysis import (NOT_COMPUTED_ATTRIBUTES, ImageAccess, image_input, render_bbox,
-                       render_landmark)
+from .analysis import ImageAccess, image_input, render_bbox, render_landmark, reply_attributes
 from .events import EventDraft, EventService
 from .identities import render_identity
 from .scoring import cosine_to_score
@@ -49,6 +53,11 @@ from .settings import RuntimeSettings
 CROP_MARGIN = 0.25
 
 
+#: The event's attributes when nothing computed them (event.md 2, R51).
+NO_ATTRIBUTES: Dict[str, Optional[str]] = {"age": None, "gender": None, "glasses": None,
+                                           "mask": None}
+
+
 @dataclass(frozen=True)
 class Probe:
     feature: np.ndarray
@@ -56,6 +65,8 @@ class Probe:
     point: List[float]
     face_jpeg: Optional[bytes]
     spot_jpeg: Optional[bytes]
+    attributes: Dict[str, Optional[str]]
+    live_score: Optional[float] = None  # only when liveness was asked for
 
 
 def face_crop_jpeg(image_bgr: np.ndarray, bbox: np.ndarray, quality: int) -> Optional[bytes]:
@@ -72,18 +83,24 @@ def face_crop_jpeg(image_bgr: np.ndarray, bbox: np.ndarray, quality: int) -> Opt
 
 
 def _probe_job(pipeline: FacePipeline, source: ImageInput, access: ImageAccess,
-               min_face_size: int, image_type: str, jpeg_quality: int) -> Probe:
-    """On a worker: the largest big-enough face, its feature, and the event images."""
+               min_face_size: int, image_type: str, jpeg_quality: int, with_attributes: bool,
+               with_liveness: bool) -> Probe:
+    """On a worker: the largest big-enough face, its liveness and attributes if asked,
+    its feature, and the event images."""
     image = load_image(source, access.limits, access.roots)
     analyzed = pipeline.analyze_largest(image, "no", with_feature=True,
                                         min_face_size=float(min_face_size))
     assert analyzed.feature is not None
     face = analyzed.face
+    live_score = pipeline.extras.live_score(image.image_bgr, face) if with_liveness else None
+    attributes = (pipeline.extras.describe(image.image_bgr, [face])[0] if with_attributes
+                  else dict(NO_ATTRIBUTES))
     face_jpeg = (face_crop_jpeg(image.image_bgr, face.bbox, jpeg_quality)
                  if image_type in ("recognize_face", "all") else None)
     spot_jpeg = (jpeg_for_storage(image, max(jpeg_quality, 90))
                  if image_type in ("spot_image", "all") else None)
-    return Probe(analyzed.feature, render_bbox(face), render_landmark(face), face_jpeg, spot_jpeg)
+    return Probe(analyzed.feature, render_bbox(face), render_landmark(face), face_jpeg, spot_jpeg,
+                 attributes, live_score)
 
 
 def _scope(txn: Txn, body: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]],
@@ -135,9 +152,12 @@ class SearchService:
     def __init__(self, store: Store, gallery: Gallery, pool: WorkerPool, access: ImageAccess,
                  match_cosine: float, settings: RuntimeSettings, events: EventService,
                  jpeg_quality: int = 90,
-                 device_seen: Optional[Callable[[str], None]] = None) -> None:
+                 device_seen: Optional[Callable[[str], None]] = None,
+                 liveness_threshold: Optional[float] = None) -> None:
         self._store = store
         self._device_seen = device_seen  # a photo device's status (device.md 9)
+        #: None when the profile has no RGB liveness models.
+        self._liveness_threshold = liveness_threshold
         self._gallery = gallery
         self._pool = pool
         self._access = access
@@ -157,7 +177,8 @@ class SearchService:
         liveness = body["with_liveness_check"]
         if liveness == "liveness_rgb_ir" and body["ir"] is None:
             raise MissingArguments("ir_image_path/ir_image_base64")
-        if liveness != "liveness_off":
+        if liveness == "liveness_rgb_ir" or (liveness == "liveness_rgb"
+                                             and self._liveness_threshold is None):
             raise NotSupportIrLiveness()
         group_id = group["permission_id"] if group is not None else None
         in_scope = (self._gallery.count() if group_id is None
@@ -167,10 +188,16 @@ class SearchService:
 
         source = image_input(body, "rgb", "rgb_image_base64", "rgb_image_path")
         min_face = body["min_face_size"]
+        with_attributes = bool(body["with_attribute"]
+                               or self._settings.value("ALG_ATTRIBUTE_DETECT"))
         probe = await self._pool.run(
             _probe_job, source, self._access,
             self._settings.value("REGN_MIN_FACE") if min_face is None else min_face,
-            self._settings.value("REGN_IMAGE_TYPE"), self._jpeg_quality)
+            self._settings.value("REGN_IMAGE_TYPE"), self._jpeg_quality, with_attributes,
+            liveness == "liveness_rgb")
+        if probe.live_score is not None and self._liveness_threshold is not None \
+                and probe.live_score < self._liveness_threshold:
+            raise LivenessDetectFail(liveness)  # R58: the mode; no event (compare.md 5)
         compare_ms = 0.0
         for _attempt in range(MATCH_RETRIES):
             compare_started = time.perf_counter()
@@ -193,12 +220,11 @@ class SearchService:
         else:
             raise MatchFail()  # the library kept changing under this probe
         identity, photo = candidate.identity, candidate.photo
-        attributes = dict(NOT_COMPUTED_ATTRIBUTES, mask=None)  # no attribute model (README)
         await self._events.record(EventDraft(
             timestamp=called_at, score=score, feature=probe.feature, box=probe.box,
             point=probe.point, identity=identity if result else None,
             register_image_id=candidate.register_image_id, group=group, device=device,
-            attributes=attributes, face_jpeg=probe.face_jpeg, spot_jpeg=probe.spot_jpeg,
+            attributes=probe.attributes, face_jpeg=probe.face_jpeg, spot_jpeg=probe.spot_jpeg,
             register_jpeg=photo if result else None))
         reply: Dict[str, Any] = {
             "identity_id": identity["identity_id"],
@@ -211,7 +237,7 @@ class SearchService:
             # R20/R21: plain base64 JPEG; none for feature-registered faces
             reply["register_image"] = base64.b64encode(photo).decode("ascii")
         if body["with_attribute"]:
-            reply["attribute"] = dict(NOT_COMPUTED_ATTRIBUTES)
+            reply["attribute"] = reply_attributes(probe.attributes)
         if body["with_debug_info"]:
             reply["debug_info"] = {
                 "comparetime": round(compare_ms, 2),

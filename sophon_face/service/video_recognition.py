@@ -11,6 +11,8 @@ Choices where the spec is silent:
   (a photo ``search`` answers EMPTY_GROUP_ERROR, but a camera has nobody to answer).
 - ``ext_data.pose_score`` is the best shot's frontalness, ``1 - (|yaw| + |pitch|) / 90``
   clipped to 0..1; ``ext_data.unknown_id`` is the track id for strangers.
+- With ALG_ATTRIBUTE_DETECT, the best shot's attributes (age, gender, mask) are computed
+  on a worker when its event is recorded, not for every frame.
 - An event recorded when the person is recognised (before they leave the picture) has
   ``out_timestamp`` = the last time they were seen so far.
 """
@@ -27,15 +29,16 @@ import cv2
 import numpy as np
 
 from ..errors import ApiError
+from ..pipeline.face_pipeline import FacePipeline
 from ..pipeline.types import DetectedFace
 from ..store import permissions
 from ..store.env import Store, Txn
 from ..store.gallery import Gallery
-from .analysis import NOT_COMPUTED_ATTRIBUTES, render_bbox, render_landmark
+from .analysis import render_bbox, render_landmark
 from .events import EventDraft, EventService
 from .recorded import RecordedEvent
 from .scoring import cosine_to_score
-from .search import MATCH_RETRIES, face_crop_jpeg, matched_candidate
+from .search import MATCH_RETRIES, NO_ATTRIBUTES, face_crop_jpeg, matched_candidate
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,11 @@ def _group_of(txn: Txn, permission_id: str) -> Optional[Dict[str, Any]]:
     return permissions.get_by_id(txn, permission_id) if permission_id else None
 
 
+def _attributes_job(pipeline: FacePipeline, image_bgr: np.ndarray,
+                    face: DetectedFace) -> Dict[str, Optional[str]]:
+    return pipeline.extras.describe(image_bgr, [face])[0]
+
+
 def _jpegs(sighting: Sighting, image_type: str, quality: int) -> tuple:
     face_jpeg = (face_crop_jpeg(sighting.image_bgr, sighting.face.bbox, quality)
                  if image_type in ("recognize_face", "all") else None)
@@ -85,10 +93,11 @@ def _jpegs(sighting: Sighting, image_type: str, quality: int) -> tuple:
 
 
 class VideoRecognition:
-    def __init__(self, store: Store, gallery: Gallery, settings: RuntimeSettings,
+    def __init__(self, store: Store, gallery: Gallery, pool: Any, settings: RuntimeSettings,
                  events: EventService, match_cosine: float, jpeg_quality: int = 90) -> None:
         self._store = store
         self._gallery = gallery
+        self._pool = pool
         self._settings = settings
         self._events = events
         self._match_cosine = match_cosine
@@ -131,6 +140,13 @@ class VideoRecognition:
         except Exception:  # an image that cannot be encoded must not cost the event
             log.exception("event images of track %d could not be encoded", sighting.track_id)
             face_jpeg = spot_jpeg = None
+        attributes = dict(NO_ATTRIBUTES)
+        if self._settings.value("ALG_ATTRIBUTE_DETECT"):
+            try:
+                attributes = await self._pool.run_background(
+                    _attributes_job, sighting.image_bgr, sighting.face)
+            except Exception as exc:  # attributes are extras: the event stands without them
+                log.warning("attributes of track %d not computed: %s", sighting.track_id, exc)
         ext_data: Dict[str, Any] = {
             "in_timestamp": sighting.in_timestamp,
             "recognition_timestamp": sighting.recognition_timestamp,
@@ -146,7 +162,7 @@ class VideoRecognition:
             feature=sighting.feature, box=render_bbox(sighting.face),
             point=render_landmark(sighting.face), identity=identification.identity,
             register_image_id=identification.register_image_id, group=group, device=device,
-            attributes=dict(NOT_COMPUTED_ATTRIBUTES, mask=None), face_jpeg=face_jpeg,
+            attributes=attributes, face_jpeg=face_jpeg,
             spot_jpeg=spot_jpeg, register_jpeg=identification.register_jpeg,
             frame_id=sighting.frame_id, ext_data=ext_data)
         try:

@@ -44,6 +44,7 @@ POSE_LIMITS_DEG = {"off": float("inf"), "low": 90.0, "middle": 60.0, "high": 40.
 #: The fiqa items REGN_VIDEO_FIQA checks (size and pose have their own settings).
 VIDEO_FIQA_ITEMS = ("clarity", "brightness", "partial")
 STRANGER_NAME = "stranger"
+PREVIEW_ATTRIBUTES = ("mask", "age", "gender", "glasses")
 
 
 @dataclass
@@ -59,6 +60,7 @@ class _TrackState:
     done: bool = False  # its event is recorded (or it can have none)
     identification: Optional[Identification] = None
     best_stranger_score: float = 0.0
+    attributes: Dict[str, str] = field(default_factory=dict)  # of its event, for the preview
 
 
 class SessionStats:
@@ -212,6 +214,9 @@ class DeviceSession:
                                                   identification, self._shape)
         if recorded is not None:
             self.stats.events += 1
+            computed = recorded.record["recognize_face_attr"]
+            state.attributes = {key: computed[key] for key in PREVIEW_ATTRIBUTES
+                                if computed.get(key) is not None}
 
     def _publish_preview(self, frame: Frame, faces: List[FrameFace], tracks: List[Track]) -> None:
         if self._preview is None or not self._preview.wants_frames(self._device_id):
@@ -223,8 +228,11 @@ class DeviceSession:
             if state is not None and state.identification is not None and \
                     state.identification.identity is not None:
                 name = state.identification.identity["identity_name"]
-            objs.append({"track_id": track.track_id,
-                         "detect_box": [round(float(v), 1) for v in face.face.bbox],
-                         "identity_name": name})
+            obj: Dict[str, Any] = {"track_id": track.track_id,
+                                   "detect_box": [round(float(v), 1) for v in face.face.bbox],
+                                   "identity_name": name}
+            if state is not None:
+                obj.update(state.attributes)  # device.md 10.1: only when computed
+            objs.append(obj)
         self._preview.publish_frame(self._device_id, frame.image_bgr, frame.frame_id,
                                     frame.timestamp, objs, list(self._device.get("roi_area") or []))

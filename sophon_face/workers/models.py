@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..backends.base import Backend
 from ..backends.batching import BatchingBackend
 from ..backends.registry import BackendOptions, open_backend
 from ..config import BATCHING_MODES
-from ..manifest.files import prepared_path
+from ..manifest.files import ModelFileError, prepared_path
 from ..manifest.schema import Manifest, ModelSpec, load_manifest
 from ..pipeline.detector import Detector
 from ..pipeline.embedder import Embedder
+from ..pipeline.extras import build_extras
 from ..pipeline.face_pipeline import FacePipeline
 from ..pipeline.quality import QualityThresholds
 
@@ -41,6 +42,8 @@ class PreparedModels:
     manifest: Manifest
     detector_path: Path
     recognizer_path: Path
+    #: The optional models (age, gender, mask, liveness) whose files were found, by role.
+    optional_paths: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def feature_dim(self) -> int:
@@ -54,8 +57,22 @@ class PreparedModels:
             if spec.feature_dim:
                 info["feature_dim"] = spec.feature_dim
             return info
-        return {"detector": one(self.manifest.detector, self.detector_path),
-                "recognizer": one(self.manifest.recognizer, self.recognizer_path)}
+        described = {"detector": one(self.manifest.detector, self.detector_path),
+                     "recognizer": one(self.manifest.recognizer, self.recognizer_path)}
+        for role, path in self.optional_paths.items():
+            spec = self.manifest.model(role)
+            if spec is not None:
+                described[role] = one(spec, path)
+        return described
+
+    def optional_models(self) -> Dict[str, Tuple[ModelSpec, Path]]:
+        """The optional roles this profile can run: role -> (spec, file)."""
+        found: Dict[str, Tuple[ModelSpec, Path]] = {}
+        for role, path in self.optional_paths.items():
+            spec = self.manifest.model(role)
+            if spec is not None:
+                found[role] = (spec, path)
+        return found
 
 
 def prepare_models(manifest_path: Path, cache_dir: Optional[Path]) -> PreparedModels:
@@ -65,7 +82,22 @@ def prepare_models(manifest_path: Path, cache_dir: Optional[Path]) -> PreparedMo
     log.info("models (%s profile, %s runtime): detector %s, recognizer %s (%d-d)",
              manifest.profile, manifest.runtime, detector.name, recognizer.name,
              manifest.recognizer.feature_dim)
-    return PreparedModels(manifest, detector, recognizer)
+    return PreparedModels(manifest, detector, recognizer, prepare_optional(manifest, cache_dir))
+
+
+def prepare_optional(manifest: Manifest, cache_dir: Optional[Path]) -> Dict[str, Path]:
+    """The optional models' files. One that is missing or corrupt is logged and left out:
+    what it would compute is then answered as not assessed (attributes ``null``, FIQA
+    ``mask: -1``, ``liveness_rgb`` NOT_SUPPORT_IR_LIVENESS), never a failed start."""
+    found: Dict[str, Path] = {}
+    for role, spec in manifest.optional.items():
+        try:
+            found[role] = prepared_path(spec, manifest.base_dir, cache_dir)
+        except ModelFileError as exc:
+            log.warning("optional %s model unavailable: %s", role, exc)
+    if found:
+        log.info("optional models: %s", ", ".join(f"{r} {p.name}" for r, p in found.items()))
+    return found
 
 
 def batching_enabled(mode: str, runtime: str) -> bool:
@@ -94,7 +126,16 @@ class PipelineFactory:
         self._batch_wait_s = float(batch_wait_ms) / 1000.0
         self.batching = batching_enabled(batching, models.manifest.runtime)
         self._lock = threading.Lock()
-        self._shared: Optional[Tuple[BatchingBackend, BatchingBackend]] = None
+        #: role -> shared batching backend (batching only); detector and recognizer first.
+        self._shared: Optional[Dict[str, BatchingBackend]] = None
+
+    def _roles(self) -> Dict[str, Tuple[ModelSpec, Path]]:
+        """Every model this profile runs, by role: the two required, then the optional."""
+        manifest = self._models.manifest
+        roles = {"detector": (manifest.detector, self._models.detector_path),
+                 "recognizer": (manifest.recognizer, self._models.recognizer_path)}
+        roles.update(self._models.optional_models())
+        return roles
 
     def _open(self, spec: ModelSpec, path: Path) -> Backend:
         return open_backend(self._models.manifest.runtime, str(path), spec, self._options)
@@ -112,31 +153,33 @@ class PipelineFactory:
         with self._lock:
             if self._shared is not None:
                 return
-            manifest = self._models.manifest
-            detector = self._batcher(manifest.detector, self._models.detector_path)
+            shared: Dict[str, BatchingBackend] = {}
             try:
-                recognizer = self._batcher(manifest.recognizer, self._models.recognizer_path)
+                for role, (spec, path) in self._roles().items():
+                    shared[role] = self._batcher(spec, path)
             except BaseException:
-                detector.close()
+                for backend in shared.values():
+                    backend.close()
                 raise
-            self._shared = (detector, recognizer)
+            self._shared = shared
 
     def __call__(self) -> FacePipeline:
-        manifest = self._models.manifest
-        backends: List[Backend] = []
+        backends: Dict[str, Tuple[Backend, ModelSpec]] = {}
         try:
             if self.batching:
                 self.open()
                 assert self._shared is not None
-                backends = [shared.attach() for shared in self._shared]
+                for role, (spec, _path) in self._roles().items():
+                    backends[role] = (self._shared[role].attach(), spec)
             else:
-                backends.append(self._open(manifest.detector, self._models.detector_path))
-                backends.append(self._open(manifest.recognizer, self._models.recognizer_path))
-            det_backend, rec_backend = backends
-            return FacePipeline(Detector(det_backend, manifest.detector),
-                                Embedder(rec_backend, manifest.recognizer), self._thresholds)
+                for role, (spec, path) in self._roles().items():
+                    backends[role] = (self._open(spec, path), spec)
+            det_backend, det_spec = backends.pop("detector")
+            rec_backend, rec_spec = backends.pop("recognizer")
+            return FacePipeline(Detector(det_backend, det_spec), Embedder(rec_backend, rec_spec),
+                                self._thresholds, extras=build_extras(backends))
         except BaseException:
-            for backend in backends:
+            for backend, _spec in backends.values():
                 backend.close()
             raise
 
@@ -148,16 +191,14 @@ class PipelineFactory:
         info: Dict[str, Any] = {"enabled": True, "max_wait_ms": round(self._batch_wait_s * 1000.0, 3)}
         if shared is None:
             return info
-        detector, recognizer = shared
-        return {**info,
-                "detector": dict(asdict(detector.stats()), max_batch=detector.max_batch),
-                "recognizer": dict(asdict(recognizer.stats()), max_batch=recognizer.max_batch)}
+        return dict(info, **{role: dict(asdict(backend.stats()), max_batch=backend.max_batch)
+                             for role, backend in shared.items()})
 
     def close(self) -> None:
         """Stop the shared backends; call after every pipeline is closed (pool closed)."""
         with self._lock:
             shared, self._shared = self._shared, None
-        for backend in shared or ():
+        for backend in (shared or {}).values():
             backend.close()
 
 

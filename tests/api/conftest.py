@@ -9,7 +9,7 @@ import cv2
 import pytest
 
 from sophon_face.config import Config, config_from_mapping
-from sophon_face.workers.models import PreparedModels
+from sophon_face.workers.models import PreparedModels, prepare_optional
 
 from ..video_media import head_factory
 from .live import LiveServer
@@ -30,7 +30,9 @@ def make_config(data_dir: Path, **recognition: object) -> Config:
 
 @pytest.fixture(scope="session")
 def models(cpu_manifest, prepared_models: Dict[str, Path]) -> PreparedModels:
-    return PreparedModels(cpu_manifest, prepared_models["detector"], prepared_models["recognizer"])
+    # With the optional models (age, gender, mask, liveness) the profile ships.
+    return PreparedModels(cpu_manifest, prepared_models["detector"], prepared_models["recognizer"],
+                          prepare_optional(cpu_manifest, None))
 
 
 @pytest.fixture(scope="session")
