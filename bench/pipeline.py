@@ -263,7 +263,7 @@ class RawOrt:
 class OpenCvPeer:
     """OpenCV's face API on the original int8 files, used the way its samples use it."""
 
-    INPUT_SIDE_PX = 640  # fit the image into 640x640, as our letterbox does
+    INPUT_SIDE_PX = 640  # shrink the image to fit 640x640, never enlarge, as our letterbox does
 
     def __init__(self, models: PreparedModels, threads: int) -> None:
         manifest = models.manifest
@@ -282,9 +282,10 @@ class OpenCvPeer:
         decode_ms = _ms_since(started)
         mark = time.perf_counter()
         h, w = image.shape[:2]
-        scale = min(self.INPUT_SIDE_PX / w, self.INPUT_SIDE_PX / h)
-        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        scale = min(self.INPUT_SIDE_PX / w, self.INPUT_SIDE_PX / h, 1.0)
+        small = image if scale == 1.0 else cv2.resize(
+            image, (max(1, round(w * scale)), max(1, round(h * scale))),
+            interpolation=cv2.INTER_AREA)
         self.det.setInputSize((small.shape[1], small.shape[0]))
         _, faces = self.det.detect(small)
         detect_ms = _ms_since(mark)

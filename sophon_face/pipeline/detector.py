@@ -15,6 +15,25 @@ ONNX Runtime and on SAIL. Two decoder families are supported:
 
 Landmarks come out in image order: left eye, right eye, nose, left mouth, right mouth as
 seen in the picture (YuNet's and SCRFD's native order).
+
+The letterbox shrinks a photo larger than the model input and never enlarges a smaller one
+(issue 9; measured with ``scripts/fidelity_check.py``). Enlarging a small photo to fill
+640x640 hands YuNet faces of 300-640 px, where its confidence falls once the head is tilted:
+on tight crops of the tests/data portraits (the face filling 80-100 % of a 160 or 250 px
+photo, rolled 0 or +-35 degrees) enlarging refused 16 of 162 crops at score 0.7, and not
+enlarging none (lowest score 0.88). This is the likely cause of the one LFW pair (250x250
+photos) the daemon refused and OpenCV did not; letterboxing without enlarging accepted it
+(issue 9's own measurement on LFW, which is not used here). Kept at its own size, a
+small photo is seen exactly as ``FaceDetectorYN`` sees it at the image's own input size (its
+samples' call): features agree with OpenCV's bare pipeline to cosine >= 0.998 where the
+alignment crop is a single warp (0.93-0.97 before). On the devset (63 photos, 1953 pairs)
+TAR at FAR 1e-3 went from 99.17 % to 100 % (one pair) and the lowest same-person cosine
+from 0.433 to 0.488 (both through one 560x415 photo), d' from 6.57 to 6.77; the 27 same-person
+pairs that changed moved by +0.005 on average (12 up, 15 down), so for recognition alone the
+change is neutral within this set's noise. What it removes is the refusals. The cost is at
+the other end: the devset and tests/data photos shrunk to a 64 or 96 px long side (faces of
+20-40 px) were refused 10 times in 144, none when enlarged, and 9 times by OpenCV itself;
+the API's smallest recognisable face is 40 px (REGN_MIN_FACE).
 """
 
 from __future__ import annotations
@@ -59,20 +78,23 @@ def blob_from_bgr(images_bgr: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarr
 
 
 def letterbox(image_bgr: np.ndarray, input_size: Tuple[int, int]) -> Tuple[np.ndarray, float, float]:
-    """Fit the image into ``input_size`` (w, h) keeping its aspect; pad bottom and right.
+    """Shrink the image to fit ``input_size`` (w, h) keeping its aspect (a smaller image
+    keeps its own size: see the module docstring); pad bottom and right with black.
 
     Returns the canvas and the x and y scales (model pixels per original pixel). Padding
     only at the bottom/right keeps the mapping back a pure scale.
     """
     in_w, in_h = int(input_size[0]), int(input_size[1])
     h, w = image_bgr.shape[:2]
-    scale = min(in_w / w, in_h / h)
+    scale = min(in_w / w, in_h / h, 1.0)
     new_w = min(in_w, max(1, int(round(w * scale))))
     new_h = min(in_h, max(1, int(round(h * scale))))
-    # INTER_AREA when shrinking: big photos are shrunk 4-8x and would alias otherwise,
-    # which costs small faces (group photos) their detections.
-    interp = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interp)
+    if (new_w, new_h) == (w, h):
+        resized = image_bgr
+    else:
+        # INTER_AREA: big photos are shrunk 4-8x and would alias otherwise, which costs
+        # small faces (group photos) their detections.
+        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_AREA)
     canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
     canvas[:new_h, :new_w] = resized
     return canvas, new_w / w, new_h / h

@@ -36,13 +36,23 @@ def _spec(**kw) -> ModelSpec:
 
 # --- preprocessing -------------------------------------------------------------------------
 
-def test_letterbox_keeps_aspect_and_pads_bottom_right():
-    image = np.full((100, 200, 3), 200, np.uint8)
+def test_letterbox_shrinks_keeping_aspect_and_pads_bottom_right():
+    image = np.full((1000, 2000, 3), 200, np.uint8)
     canvas, sx, sy = letterbox(image, (640, 640))
     assert canvas.shape == (640, 640, 3)
-    assert sx == pytest.approx(3.2) and sy == pytest.approx(3.2)
+    assert sx == pytest.approx(0.32) and sy == pytest.approx(0.32)
     assert canvas[:320].min() == 200  # the picture fills the top
     assert canvas[320:].max() == 0  # the padding is below it
+
+
+def test_letterbox_never_enlarges_a_small_image():
+    # Enlarged to fill 640x640, a face that fills a small photo grows past the sizes YuNet
+    # is confident at (issue 9; see the detector module docstring).
+    image = np.random.default_rng(0).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    canvas, sx, sy = letterbox(image, (640, 640))
+    assert canvas.shape == (640, 640, 3) and sx == 1.0 and sy == 1.0
+    assert np.array_equal(canvas[:100, :200], image)  # the very pixels, not resampled
+    assert canvas[100:].max() == 0 and canvas[:, 200:].max() == 0
 
 
 def test_blob_applies_colour_order_mean_and_std():
