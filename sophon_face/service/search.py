@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from ..errors import (DeviceIdNotFound, EmptyGroupError, LivenessDetectFail, MatchFail,
+from ..errors import (ApiError, DeviceIdNotFound, EmptyGroupError, LivenessDetectFail, MatchFail,
                       MissingArguments, NotInPassTime, NotSupportIrLiveness,
                       PermissionIdNotFound)
 from ..pipeline.face_pipeline import FacePipeline
@@ -124,11 +124,31 @@ def _scope(txn: Txn, body: Dict[str, Any]) -> Tuple[Optional[Dict[str, Any]],
 
 
 #: How often a match is searched again when its face was changed between the gallery
-#: search and the identity read (each retry sees the gallery after that write). A retry
-#: costs one gallery search and one read; 10 rides out a face replaced hundreds of times a
-#: second (tests/integration/test_concurrency.py), where 3 failed once event recording
-#: made each search a little longer.
+#: search and the identity read (each retry sees the gallery after that write). The search
+#: runs inside the read transaction (``search_and_read``), so a retry is needed only when a
+#: write commits AND reaches the gallery in the moment between the transaction's start and
+#: the search; under a face replaced hundreds of times a second on a loaded machine
+#: (tests/integration/test_concurrency.py) two separate thread hops let every retry race.
 MATCH_RETRIES = 10
+
+
+@dataclass(frozen=True)
+class ScoredMatch:
+    match: Match
+    score: float  # 0..100
+    candidate: Optional["Candidate"]  # None: the face changed under the search (retry)
+
+
+def search_and_read(txn: Txn, gallery: Gallery, probe: np.ndarray, group_id: Optional[str],
+                    match_cosine: float, photo_from_score: float) -> Optional[ScoredMatch]:
+    """The best match in scope and its identity, read in the same read transaction right
+    after the search (None: the scope is empty). ``photo_from_score``: the registration
+    photo is read when the score reaches it (0 to always read it)."""
+    match = gallery.search(probe, group_id)
+    if match is None:
+        return None
+    score = cosine_to_score(match.score, match_cosine)
+    return ScoredMatch(match, score, matched_candidate(txn, match, score >= photo_from_score))
 
 
 @dataclass(frozen=True)
@@ -198,23 +218,25 @@ class SearchService:
         if probe.live_score is not None and self._liveness_threshold is not None \
                 and probe.live_score < self._liveness_threshold:
             raise LivenessDetectFail(liveness)  # R58: the mode; no event (compare.md 5)
+        threshold = float(self._settings.value("MATCH_THRESHOLD"))
+        # The photo also goes to the real-time push of a recognised person's event.
+        photo_from = 0.0 if (body["with_register_photo"]
+                             and not body["with_result_modification"]) else threshold
         compare_ms = 0.0
         for _attempt in range(MATCH_RETRIES):
             compare_started = time.perf_counter()
             try:
-                match = await self._store.run_in_read_pool(self._gallery.search, probe.feature,
-                                                           group_id)
+                found = await self._store.read(search_and_read, self._gallery, probe.feature,
+                                               group_id, self._match_cosine, photo_from)
+            except ApiError:
+                raise
             except Exception as exc:
                 raise MatchFail() from exc
             compare_ms += (time.perf_counter() - compare_started) * 1000.0
-            if match is None:  # the scope emptied while the probe was being computed
+            if found is None:  # the scope emptied while the probe was being computed
                 raise EmptyGroupError()
-            score = cosine_to_score(match.score, self._match_cosine)
-            result = score >= float(self._settings.value("MATCH_THRESHOLD"))  # R23
-            # The photo also goes to the real-time push of a recognised person's event.
-            want_photo = result or (body["with_register_photo"]
-                                    and not body["with_result_modification"])
-            candidate = await self._store.read(matched_candidate, match, want_photo)
+            score, candidate = found.score, found.candidate
+            result = score >= threshold  # R23
             if candidate is not None:
                 break
         else:

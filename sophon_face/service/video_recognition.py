@@ -37,8 +37,7 @@ from ..store.gallery import Gallery
 from .analysis import render_bbox, render_landmark
 from .events import EventDraft, EventService
 from .recorded import RecordedEvent
-from .scoring import cosine_to_score
-from .search import MATCH_RETRIES, NO_ATTRIBUTES, face_crop_jpeg, matched_candidate
+from .search import MATCH_RETRIES, NO_ATTRIBUTES, face_crop_jpeg, search_and_read
 from .settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -116,16 +115,16 @@ class VideoRecognition:
         group_id = group["permission_id"] if group is not None else None
         threshold = float(self._settings.value("MATCH_THRESHOLD"))
         for _attempt in range(MATCH_RETRIES):
-            match = await self._store.run_in_read_pool(self._gallery.search, feature, group_id)
-            if match is None:
+            found = await self._store.read(search_and_read, self._gallery, feature, group_id,
+                                           self._match_cosine, threshold)
+            if found is None:
                 return Identification(score=0.0)
-            score = cosine_to_score(match.score, self._match_cosine)
-            if score < threshold:  # R23: a comparison passes when score >= threshold
-                return Identification(score=score)
-            candidate = await self._store.read(matched_candidate, match, True)
+            if found.score < threshold:  # R23: a comparison passes when score >= threshold
+                return Identification(score=found.score)
+            candidate = found.candidate
             if candidate is not None:
-                return Identification(score, candidate.identity, candidate.register_image_id,
-                                      candidate.photo)
+                return Identification(found.score, candidate.identity,
+                                      candidate.register_image_id, candidate.photo)
         return Identification(score=0.0)  # the library kept changing under this track
 
     async def record(self, device: Dict[str, Any], group: Optional[Dict[str, Any]],
