@@ -5,17 +5,32 @@ Contract relied on by scripts and the systemd unit:
                     [--image-root DIR ...]
   sophon-face health [--url URL]      stdlib only; exit 0 healthy, 1 otherwise; one line
   sophon-face check-config [--config FILE]
+
+``serve`` speaks systemd's notify protocol when started with NOTIFY_SOCKET (Type=notify):
+READY=1 once it really serves, WATCHDOG=1 from the event loop, STOPPING=1 on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import faulthandler
 import json
 import logging
+import os
+import signal
 import sys
 import urllib.error
 import urllib.request
-from typing import List, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional
+
+from .sdnotify import Notifier, feed_watchdog, watchdog_ping_interval_s
+
+if TYPE_CHECKING:
+    from .config import Config
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HEALTH_URL = "http://127.0.0.1:5555/health"
 
@@ -44,9 +59,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from .app import build_app
     from .config import ConfigError, load_config, with_overrides
 
     try:
@@ -56,13 +68,113 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sophon-face: configuration error: {exc}", file=sys.stderr)
         return 2
+    # Under systemd stderr is the journal, which stamps every line itself.
+    stamp = "" if _logs_to_journal() else "%(asctime)s "
     logging.basicConfig(level=config.logging.level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=stamp + "%(levelname)s %(name)s: %(message)s")
+    # A watchdog abort (SIGABRT) or a crash leaves every thread's stack in the log.
+    faulthandler.enable()
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    web.run_app(build_app(config), host=config.server.host, port=config.server.port,
-                shutdown_timeout=config.server.shutdown_timeout_s, access_log=None,
-                print=lambda msg: logging.getLogger("sophon_face").info("%s", msg.strip()))
+    notifier = Notifier.from_environment()
+    try:
+        return asyncio.run(_serve_until_stopped(config, notifier))
+    finally:
+        notifier.close()
+
+
+async def _serve_until_stopped(config: Config, notifier: Notifier) -> int:
+    """Start, tell systemd READY=1, serve until SIGTERM/SIGINT, then stop in order.
+
+    READY=1 is sent only when the lifecycle has prepared the models, warmed every worker
+    with an inference and opened the store (runner.setup()), the HTTP socket listens, and
+    the health check agrees. A signal during the start cancels it; the lifecycle closes
+    what it had opened.
+    """
+    from aiohttp import web
+
+    from .api.keys import SERVICES
+    from .app import build_app
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    app = build_app(config)
+    runner = web.AppRunner(app, access_log=None,
+                           shutdown_timeout=config.server.shutdown_timeout_s)
+    notifier.status("starting: preparing models, warming the workers, opening the store")
+    try:
+        started = await _until_stopped(runner.setup(), stop)
+    except Exception as exc:  # the lifecycle has closed what it had opened
+        log.critical("start failed", exc_info=True)
+        notifier.status(f"start failed: {type(exc).__name__}: {exc}")
+        return 1
+    if not started:
+        notifier.stopping("stopped while starting")
+        log.info("stopped while starting")
+        return 0
+    watchdog: Optional[asyncio.Future] = None
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            log.critical("cannot listen on %s:%d: %s", config.server.host, config.server.port, exc)
+            notifier.status(f"start failed: cannot listen on port {config.server.port}: {exc}")
+            return 1
+        log.info("serving HTTP on %s", site.name)
+        health, healthy = await app[SERVICES].health()
+        if not healthy:
+            log.critical("started but not healthy: %s", json.dumps(health, default=str))
+            notifier.status("start failed: not healthy after the start")
+            return 1
+        notifier.ready(_ready_status(health, config.server.port))
+        interval_s = watchdog_ping_interval_s()
+        if notifier.enabled and interval_s is not None:
+            watchdog = asyncio.ensure_future(feed_watchdog(notifier, interval_s))
+        await stop.wait()
+        notifier.stopping()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        # Pinged through the shutdown too: it may take longer than WatchdogSec/2.
+        if watchdog is not None:
+            watchdog.cancel()
     return 0
+
+
+async def _until_stopped(starting: Awaitable[None], stop: asyncio.Event) -> bool:
+    """Await ``starting`` unless ``stop`` is set first (then cancel it): True if started."""
+    start = asyncio.ensure_future(starting)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({start, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if start.done():
+        start.result()  # a failed start raises here
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False
+
+
+def _ready_status(health: Dict[str, Any], port: int) -> str:
+    warm = health.get("warm_up", {})
+    return (f"ready: port {port}, {health.get('backend')} backend, "
+            f"{health.get('feature_dim')}-d features, warm-up {warm.get('ms')} ms, "
+            f"{health.get('store', {}).get('faces', 0)} faces")
+
+
+def _logs_to_journal() -> bool:
+    """systemd.exec(5) JOURNAL_STREAM: stderr is the journal's stream if device and inode match."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(sys.stderr.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 def _health(args: argparse.Namespace) -> int:
