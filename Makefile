@@ -57,7 +57,7 @@ test-se5-pins: $(SE5_STAMP) test-deps
 	$(SE5_PY) -m pytest -q -p no:cacheprovider tests
 
 check: install
-	$(VENV)/bin/vermin -t=3.8- --no-tips --violations sophon_face tests bench
+	$(VENV)/bin/vermin -t=3.8- --no-tips --violations sophon_face tests bench scripts
 	$(VENV)/bin/sophon-face check-config --config conf.yaml
 
 # Benchmarks add faiss-cpu (the search baseline); results go to bench/results/.
