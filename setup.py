@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "lmdb>=1.4",
     "msgpack>=1.0",
     "pyyaml>=5.4",
+    "prometheus-client>=0.17",  # /metrics (0.21.1 is the newest for Python 3.8)
 ]
 
 EXTRAS_REQUIRE = {

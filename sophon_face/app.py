@@ -21,6 +21,7 @@ from aiohttp import web
 
 from .api.http import MAX_BODY_BYTES, VALIDATION_CONTEXT, error_middleware
 from .api.keys import SERVICES, Services
+from .api.metrics import METRICS, Metrics
 from .api.preview_ws import start_preview_servers
 from .api.realtime_ws import start_realtime_server
 from .api.routes import add_routes
@@ -76,6 +77,7 @@ def build_app(config: Config, backend_options: Optional[BackendOptions] = None,
                           middlewares=[error_middleware])
     app[CONFIG] = config
     app[MAX_BODY_BYTES] = config.server.max_body_bytes
+    app[METRICS] = Metrics()  # this app's own registry: /metrics, the request and stage meters
     app.cleanup_ctx.append(_Lifecycle(config, backend_options, models))
     add_routes(app)
     return app
@@ -100,7 +102,8 @@ class _Lifecycle:
         # Off the loop: opening a batching backend loads its model on the batching thread.
         await loop.run_in_executor(None, factory.open)
         pool: WorkerPool[FacePipeline] = WorkerPool(
-            factory, warm_up=FacePipeline.warm_up, close=FacePipeline.close,
+            app[METRICS].stages.metered(factory),  # each worker's stage times go to /metrics
+            warm_up=FacePipeline.warm_up, close=FacePipeline.close,
             count=config.workers.count, queue_size=config.workers.queue_size,
             timeout_s=config.workers.timeout_s)
 

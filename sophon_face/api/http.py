@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import time
 from typing import Any, Awaitable, Callable, Dict, Mapping
 
 from aiohttp import web
@@ -17,6 +18,7 @@ from aiohttp import web
 from ..errors import (ApiError, EmptyRequestJson, ImageSizeTooLargeError, InternalError,
                       InvalidRequestJson, MethodNotAllowed, NotFound, UnsupportContentType)
 from .keys import SERVICES, Services
+from .metrics import METRICS, NO_ERROR
 from .validation import Context, Schema
 
 log = logging.getLogger(__name__)
@@ -40,29 +42,41 @@ def error_response(error: ApiError) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: every failure leaves as the spec's envelope, never a traceback."""
+    """Outermost middleware: every failure leaves as the spec's envelope, never a traceback.
+    Every answer is also counted and timed here (api/metrics.py), with its error code."""
     request_id = next(_request_ids)
+    started = time.perf_counter()
+    code = NO_ERROR
     try:
-        return await handler(request)
+        response = await handler(request)
     except ApiError as error:
         log.debug("request %d %s %s -> %s %s", request_id, request.method, request.path,
                   error.code, error.message)
-        return error_response(error)
+        code, response = error.code, error_response(error)
     except web.HTTPRequestEntityTooLarge:
         # The one code whose status depends on the case: 413 for the body (12.4).
         error = ImageSizeTooLargeError(BODY_TOO_LARGE_MESSAGE)
-        return json_response({"error": {"code": error.code, "message": error.message}}, 413)
+        code = error.code
+        response = json_response({"error": {"code": error.code, "message": error.message}}, 413)
     except web.HTTPNotFound:
-        return error_response(NotFound(request.path))
+        code, response = NotFound.code, error_response(NotFound(request.path))
     except web.HTTPMethodNotAllowed as exc:
-        response = error_response(MethodNotAllowed(request.method))
+        code, response = MethodNotAllowed.code, error_response(MethodNotAllowed(request.method))
         response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
-        return response
-    except web.HTTPException:
+    except web.HTTPException as exc:
+        _observe(request, exc.status, NO_ERROR, started)
         raise  # deliberate HTTP answers (e.g. image downloads) pass through
     except Exception:  # anything unexpected: logged with its id, answered without internals
         log.exception("request %d %s %s failed", request_id, request.method, request.path)
-        return error_response(InternalError())
+        code, response = InternalError.code, error_response(InternalError())
+    _observe(request, response.status, code, started)
+    return response
+
+
+def _observe(request: web.Request, status: int, code: str, started: float) -> None:
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        metrics.observe_request(request, status, code, time.perf_counter() - started)
 
 
 def _media_type(header: str) -> str:

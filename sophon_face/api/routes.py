@@ -6,7 +6,7 @@ from typing import List, Tuple
 
 from aiohttp import web
 
-from . import compare, config, data, device, event, health, identity, login, permission
+from . import compare, config, data, device, event, health, identity, login, metrics, permission
 
 BASE = "/sophon/v2/face"
 
@@ -70,3 +70,4 @@ def add_routes(app: web.Application) -> None:
         for variant in (BASE + path, BASE + path + "/"):
             app.router.add_route(method, variant, handler)  # type: ignore[arg-type]
     app.router.add_get("/health", health.health)
+    app.router.add_get("/metrics", metrics.metrics)  # Prometheus text format
