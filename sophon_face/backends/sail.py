@@ -1,9 +1,10 @@
 """SOPHGO SAIL on the SE5's BM1684 TPU: the backend of the TPU profile (compiled bmodels).
 
-Written to the calling contract in ``reference/sail.md`` (sections 1.3 and 3) and tested
-off-device against a fake ``sophon.sail`` that enforces that contract (tests/fakes/sail.py).
-The vendor module is imported lazily, only when this backend is chosen, because it exists
-only on the box and only when installed from SOPHGO's SDK wheel.
+Written to the calling contract in ``reference/sail.md`` (sections 1.3 and 3, the
+"Tensor-path pattern") and tested off-device against a fake ``sophon.sail`` that enforces
+that contract (tests/fakes/sail.py). The vendor module is imported lazily, only when this
+backend is chosen, because it exists only on the box and only when installed from
+SOPHGO's SDK wheel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -48,18 +50,49 @@ def load_sail(sail_module: Optional[Any] = None) -> Any:
     return sail_module
 
 
-class SailBackend:
-    """One SAIL ``Engine`` on one bmodel graph, fed numpy arrays (SAIL's "numpy path").
+#: How closely the Tensor path must reproduce SAIL's own numpy path in the load-time check.
+#: Both run the same bmodel on the same TPU, so they agree exactly unless we feed or read
+#: the tensors wrongly (dtype, scale, padding, stale memory).
+VERIFY_RTOL = 1e-4
+VERIFY_ATOL = 1e-6
 
-    Threading: a SAIL Engine is one bmruntime with per-graph I/O buffers shared by all
-    callers and no lock, so it must only be used from the thread that created it; ``run``
-    from any other thread raises BackendError. Construct the backend on the thread that
-    will run it: the daemon wraps it in a ``BatchingBackend`` (batching.py), whose single
-    thread opens and runs it, because more threads would add no TPU throughput (BM1684
-    has one core) while batching does. The numpy-path ``Engine.process`` also holds the
-    GIL for the whole TPU run (5-25 ms), stalling the workers' CPU stages meanwhile;
-    releasing it needs SAIL's Tensor path (``sail.Tensor`` inputs/outputs), a later
-    optimisation that would change only this file.
+
+@dataclass(frozen=True)
+class _Stage:
+    """The tensors of one compiled batch size, allocated once (system and device memory)."""
+
+    batch: int
+    inputs: Dict[str, Any]  # name -> sail.Tensor
+    outputs: Dict[str, Any]
+
+
+class SailBackend:
+    """One SAIL ``Engine`` on one bmodel graph, run through SAIL's Tensor path.
+
+    The Tensor path (``Engine.process(graph, input_tensors, output_tensors)``) releases
+    the GIL for the whole TPU run, so the event loop, the other workers' CPU stages and
+    the batcher's queue keep running meanwhile; SAIL's numpy path holds the GIL for the
+    whole run (5-25 ms on BM1684, reference/sail.md section 1.3 item 8). For every
+    compiled batch size the backend allocates, at load, one ``sail.Tensor`` per input and
+    output with its own system and device memory (SYSIO: the run copies inputs to the
+    device and outputs back itself). Float inputs are written with ``update_data``
+    (exact shape and dtype), integer (int8) inputs with ``scale_from`` and the graph's
+    input scale; float outputs are read with ``asnumpy``, integer ones with ``scale_to``
+    and the output scale. Results are always copied out, so no caller ever holds memory
+    that a later run overwrites.
+
+    Unlike the numpy path, the Tensor path does not check input shapes: SAIL only logs a
+    failed launch of an uncompiled shape and leaves the previous run's outputs in place.
+    So at load every declared batch size is run once through both paths on the same probe
+    input: the numpy path rejects a stage the bmodel lacks ("bad input"), and the Tensor
+    path must reproduce its outputs, which proves on the box that this backend feeds and
+    reads the tensors exactly as SAIL itself does. It also warms every stage up.
+
+    Threading: a SAIL Engine is one bmruntime with no lock, so it must only be used from
+    the thread that created it; ``run`` from any other thread raises BackendError.
+    Construct the backend on the thread that will run it: the daemon wraps it in a
+    ``BatchingBackend`` (batching.py), whose single thread opens and runs it, because
+    more threads would add no TPU throughput (BM1684 has one core) while batching does.
 
     Batching: a static bmodel accepts only the shapes it was compiled for. ``batch_sizes``
     lists the compiled batch stages (from the manifest; default: the batch of the graph's
@@ -79,10 +112,10 @@ class SailBackend:
             # SAIL only says "invalid bmodel" (the reason goes to its own stderr log).
             raise BackendError(f"bmodel not found: {model_path}")
         try:
-            # Positional only: the pybind constructor declares no argument names. SYSIO
-            # (inputs and outputs in system memory) is required by the numpy path: with
-            # SYSI the fp32 outputs are built from a NULL system pointer and come back as
-            # garbage without any error.
+            # Positional only: the pybind constructor declares no argument names. SYSIO:
+            # the Tensor path then copies inputs to the device and outputs back within
+            # process(), and the load-time check's numpy path requires SYSIO (with SYSI
+            # its fp32 outputs come from a NULL system pointer, garbage without an error).
             engine = sail.Engine(model_path, int(tpu_id), sail.IOMode.SYSIO)
         except Exception as exc:  # SailEngineError, or RuntimeError from older wheels
             raise BackendError(f"SAIL cannot load {model_path} on TPU {tpu_id}: {exc}") from exc
@@ -96,13 +129,18 @@ class SailBackend:
             elif graph not in graphs:
                 raise BackendError(f"{model_path} has no graph {graph!r}; it has {graphs}")
             input_names = list(engine.get_input_names(graph))
+            output_names = list(engine.get_output_names(graph))
             # get_input_shape reports the shape of the *last* process() call once one has
             # run, so the compiled (maximum) shapes are read here, before any inference.
             shapes = {n: tuple(int(d) for d in engine.get_input_shape(graph, n)) for n in input_names}
+            out_shapes = {n: tuple(int(d) for d in engine.get_output_shape(graph, n))
+                          for n in output_names}
             dtypes = {n: engine.get_input_dtype(graph, n) for n in input_names}
+            out_dtypes = {n: engine.get_output_dtype(graph, n) for n in output_names}
             scales = {n: float(engine.get_input_scale(graph, n)) for n in input_names}
-            output_names = list(engine.get_output_names(graph))
+            out_scales = {n: float(engine.get_output_scale(graph, n)) for n in output_names}
             dynamic = bool(engine.graph_is_dynamic(graph))
+            handle = engine.get_handle()
         except BackendError:
             raise
         except Exception as exc:
@@ -117,6 +155,13 @@ class SailBackend:
         if len(compiled) != 1:
             raise BackendError(f"{model_path} inputs disagree on the batch dimension: {shapes}")
         max_batch = compiled.pop()
+        for name, shape in out_shapes.items():
+            # Padding is sliced off along axis 0, and each stage's output tensors are
+            # allocated as (batch,) + the rest: both need batch-major outputs.
+            if len(shape) < 1 or shape[0] != max_batch:
+                raise BackendError(
+                    f"{model_path}: output {name!r} has shape {shape} for a batch of {max_batch}; "
+                    f"the model must be exported with a leading batch dimension")
         self._batch_sizes = self._check_batch_sizes(batch_sizes, max_batch, dynamic, model_path)
 
         self._engine: Optional[Any] = engine
@@ -125,10 +170,30 @@ class SailBackend:
         self._input_names = input_names
         self._sample_shapes = {n: shape[1:] for n, shape in shapes.items()}
         self._output_names = output_names
+        self._out_sample_shapes = {n: shape[1:] for n, shape in out_shapes.items()}
+        # None: float32 I/O (update_data / asnumpy); else the int8 scale (scale_from / scale_to).
+        self._input_scales = {n: self._io_scale(sail, dtypes[n], scales[n], f"input {n!r}")
+                              for n in input_names}
+        self._output_scales = {n: self._io_scale(sail, out_dtypes[n], out_scales[n], f"output {n!r}")
+                               for n in output_names}
         self._owner_thread = threading.get_ident()
-        log.info("loaded %s graph %r on TPU %s: inputs %s dtypes %s scales %s, outputs %s, "
-                 "batch sizes %s%s", model_path, graph, tpu_id, shapes,
+        try:
+            self._stages = {b: _Stage(
+                b,
+                {n: sail.Tensor(handle, [b, *self._sample_shapes[n]], dtypes[n], True, True)
+                 for n in input_names},
+                {n: sail.Tensor(handle, [b, *self._out_sample_shapes[n]], out_dtypes[n], True, True)
+                 for n in output_names}) for b in self._batch_sizes}
+        except Exception as exc:  # SailRuntimeError("no enough device memory"), ...
+            raise BackendError(f"SAIL cannot allocate the I/O tensors of {model_path} for "
+                               f"batch sizes {list(self._batch_sizes)}: {exc}") from exc
+        for stage in self._stages.values():
+            self._verify_stage(engine, stage)
+        log.info("loaded %s graph %r on TPU %s: inputs %s dtypes %s scales %s, outputs %s "
+                 "dtypes %s scales %s, batch sizes %s%s; Tensor path checked against the "
+                 "numpy path", model_path, graph, tpu_id, shapes,
                  {n: str(d) for n, d in dtypes.items()}, scales, output_names,
+                 {n: str(d) for n, d in out_dtypes.items()}, out_scales,
                  self._batch_sizes, " (dynamic)" if dynamic else "")
 
     @staticmethod
@@ -147,6 +212,17 @@ class SailBackend:
                 f"largest compiled batch is {max_batch}; recompile or fix batch_sizes")
         return sizes
 
+    def _io_scale(self, sail: Any, dtype: Any, scale: float, what: str) -> Optional[float]:
+        if dtype == sail.Dtype.BM_FLOAT32:
+            return None
+        if any(dtype == getattr(sail.Dtype, name) for name in ("BM_INT8", "BM_UINT8", "BM_INT32")):
+            if not scale > 0:
+                raise BackendError(f"{self._path}: {what} is {dtype} with scale {scale}")
+            return scale
+        # BM1684 has no F16/BF16; SAIL's own numpy path converts only these four either.
+        raise BackendError(f"{self._path}: {what} has dtype {dtype}; only float32 and "
+                           f"int8/uint8/int32 bmodel I/O is supported")
+
     @property
     def graph(self) -> str:
         return self._graph
@@ -158,7 +234,7 @@ class SailBackend:
 
     def input_specs(self) -> List[TensorSpec]:
         # Batch is None: run() takes any N and pads to the compiled batches itself. The
-        # dtype is what callers feed; an int8 bmodel input is quantised inside SAIL.
+        # dtype is what callers feed; an int8 bmodel input is quantised here with its scale.
         return [TensorSpec(n, (None,) + self._sample_shapes[n], "float32") for n in self._input_names]
 
     def output_names(self) -> List[str]:
@@ -186,50 +262,94 @@ class SailBackend:
                 compiled, take = holding[0], remaining
             else:
                 compiled = take = self._batch_sizes[-1]
-            chunk = {}
-            for name, array in inputs.items():
-                # A slice along axis 0 of a C-contiguous array is still C-contiguous.
-                part = array[start:start + take]
-                if take < compiled:
-                    padded = np.zeros((compiled,) + array.shape[1:], dtype=np.float32)
-                    padded[:take] = part
-                    part = padded
-                chunk[name] = part
-            outputs = self._process(engine, chunk, compiled)
-            parts.append({name: outputs[name][:take] for name in self._output_names})
+            # A slice along axis 0 of a C-contiguous array is still C-contiguous.
+            chunk = {name: array[start:start + take] for name, array in inputs.items()}
+            parts.append(self._run_stage(engine, self._stages[compiled], chunk, take))
             start += take
 
         if len(parts) == 1:
-            # SAIL already returns fresh arrays; the copy also drops the padded rows' memory
-            # and guarantees no result is ever a view another call could reach.
+            # The copy drops the padded rows' memory and guarantees that no result is ever
+            # a view of memory a later run could reach, whatever SAIL's asnumpy returns.
             return {name: np.array(parts[0][name], dtype=np.float32, copy=True)
                     for name in self._output_names}
         return {name: np.concatenate([p[name] for p in parts], axis=0).astype(np.float32, copy=False)
                 for name in self._output_names}
 
     def _prepare(self, feeds: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], int]:
-        # Own C-contiguous float32 copies: SAIL would otherwise copy a strided input itself
-        # and memcpy it back into the caller's buffer, and it force-casts dtypes anyway.
+        # Own C-contiguous float32 copies: update_data wants the exact dtype, and scale_from
+        # reads a strided array in memory order.
         return checked_feeds(self.input_specs(), feeds, self._path)
 
-    def _process(self, engine: Any, chunk: Dict[str, np.ndarray], compiled: int) -> Dict[str, np.ndarray]:
+    def _run_stage(self, engine: Any, stage: _Stage, chunk: Dict[str, np.ndarray],
+                   take: int) -> Dict[str, np.ndarray]:
+        """One Tensor-path run of ``stage`` on ``take`` samples; outputs sliced to ``take``."""
         try:
-            outputs = engine.process(self._graph, chunk)
-        except Exception as exc:  # SailEngineError("bad input"), or RuntimeError from older wheels
+            for name, part in chunk.items():
+                if take < stage.batch:
+                    padded = np.zeros((stage.batch,) + part.shape[1:], dtype=np.float32)
+                    padded[:take] = part
+                    part = padded
+                scale = self._input_scales[name]
+                if scale is None:
+                    stage.inputs[name].update_data(part)
+                else:
+                    stage.inputs[name].scale_from(part, scale)
+            # GIL released here; SYSIO: inputs go system -> device first, outputs come back.
+            engine.process(self._graph, stage.inputs, stage.outputs)
+            outputs = {}
+            for name in self._output_names:
+                scale = self._output_scales[name]
+                tensor = stage.outputs[name]
+                out = tensor.asnumpy() if scale is None else tensor.scale_to(scale)
+                outputs[name] = np.asarray(out, dtype=np.float32)
+        except Exception as exc:  # SailEngineError / SailTensorError, or RuntimeError from older wheels
             shapes = {n: a.shape for n, a in chunk.items()}
             raise BackendError(f"SAIL process failed on {self._path} graph {self._graph!r} "
-                               f"with inputs {shapes}: {exc}") from exc
+                               f"at batch {stage.batch} with inputs {shapes}: {exc}") from exc
+        for name, out in outputs.items():
+            want = (stage.batch,) + self._out_sample_shapes[name]
+            if out.shape != want:
+                raise BackendError(f"{self._path}: output {name!r} came back shaped {out.shape}, "
+                                   f"expected {want}")
+        return {name: out[:take] for name, out in outputs.items()}
+
+    def _verify_stage(self, engine: Any, stage: _Stage) -> None:
+        """Run ``stage`` through SAIL's numpy path and the Tensor path on one probe input;
+        see the class docstring."""
+        probe = {n: _probe((stage.batch,) + self._sample_shapes[n]) for n in self._input_names}
+        try:
+            reference = engine.process(self._graph, probe)
+        except Exception as exc:  # SailEngineError("bad input") for a stage the bmodel lacks
+            raise BackendError(
+                f"{self._path} graph {self._graph!r} does not run at batch {stage.batch} "
+                f"(SAIL: {exc}); the manifest's batch_sizes {list(self._batch_sizes)} must be "
+                f"stages the bmodel was compiled with") from exc
+        got = self._run_stage(engine, stage, probe, stage.batch)
         for name in self._output_names:
-            out = outputs.get(name)
-            # Slicing off the padding is only right when every output is batch-major.
-            if out is None:
-                raise BackendError(f"{self._path}: SAIL returned no output {name!r}")
-            if out.ndim < 1 or out.shape[0] != compiled:
+            want = reference.get(name)
+            expected_shape = (stage.batch,) + self._out_sample_shapes[name]
+            if want is None or np.shape(want) != expected_shape:
                 raise BackendError(
-                    f"{self._path}: output {name!r} has shape {out.shape} for a batch of "
-                    f"{compiled}; the model must be exported with a leading batch dimension")
-        return outputs
+                    f"{self._path}: output {name!r} is shaped {np.shape(want)} at batch "
+                    f"{stage.batch}, expected {expected_shape}; the model must be exported "
+                    f"with a leading batch dimension")
+            want = np.asarray(want, dtype=np.float32)
+            if not np.allclose(got[name], want, rtol=VERIFY_RTOL, atol=VERIFY_ATOL, equal_nan=True):
+                worst = float(np.nanmax(np.abs(got[name] - want)))
+                raise BackendError(
+                    f"{self._path}: the Tensor path's output {name!r} at batch {stage.batch} "
+                    f"differs from SAIL's numpy path by up to {worst:.3g}; the tensors are fed "
+                    f"or read wrongly for this bmodel")
 
     def close(self) -> None:
-        # Dropping the last reference destroys the bmruntime and frees its device memory.
+        # Dropping the last references destroys the tensors' device memory and the
+        # bmruntime; the owner (the batching thread) calls this on its own thread.
+        self._stages = {}
         self._engine = None
+
+
+def _probe(shape: Tuple[int, ...]) -> np.ndarray:
+    """A deterministic, non-constant float32 input: values in [-1, 1] that differ from
+    sample to sample, so mixed-up rows, a missed input scale or stale memory show up."""
+    count = int(np.prod(shape))
+    return np.linspace(-1.0, 1.0, num=count, dtype=np.float32).reshape(shape)

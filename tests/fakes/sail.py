@@ -1,20 +1,46 @@
-"""A fake ``sophon.sail`` that enforces SAIL's numpy-path calling contract off-device.
+"""A fake ``sophon.sail`` that enforces SAIL's calling contract off-device.
 
-It follows ``reference/sail.md`` section 1.3 (what ``Engine`` really does, read from SAIL
-v3.10.7's engine.cpp) and the test-double plan of section 9. Where the real module fails
-*silently* (a strided input written back into the caller's buffer, a missing input read
-from a stale buffer, a second thread inside one Engine) the fake raises AssertionError and
-records the violation in ``VIOLATIONS``, so a test fails even if the code under test wraps
-the exception. Where the real module raises, the fake raises the same way
-(``SailEngineError("bad input")``, ``TypeError`` for arguments pybind would not accept).
+It follows ``reference/sail.md`` section 1.3 (what ``Engine`` and ``Tensor`` really do, read
+from SAIL v3.10.7's engine.cpp, graph.cpp and tensor.cpp) and the test-double plan of
+section 9. Where the real module fails *silently* (a strided input written back into the
+caller's buffer, a missing input read from a stale buffer, a second thread inside one
+Engine, a Tensor-path run of a shape the bmodel was not compiled for, a tensor of the wrong
+dtype) the fake raises AssertionError and records the violation in ``VIOLATIONS``, so a
+test fails even if the code under test wraps the exception. Where the real module raises,
+the fake raises the same way (``SailEngineError("bad input")``, ``SailTensorError``,
+``TypeError`` for arguments pybind would not accept).
+
+The two ``Engine.process`` paths:
+- numpy path ``process(graph, {name: ndarray})``: force-casts to float32, quantises integer
+  inputs with the input scale, returns fresh dequantised float32 arrays. The real binding
+  has no ``gil_scoped_release``, so it holds the GIL for the whole TPU run; the fake holds
+  it for ``FakeGraph.tpu_time_s`` (a C-level sleep through ``ctypes.PyDLL``, which keeps
+  the GIL, as a pybind call without a release guard does).
+- Tensor path ``process(graph, {name: Tensor}, {name: Tensor})`` (also with
+  ``input_shapes`` before the outputs): the real binding releases the GIL, so the fake
+  sleeps ``tpu_time_s`` with ``time.sleep`` (GIL released) and other Python threads run
+  meanwhile. Each ``Tensor`` has separate system and device buffers: in SYSI/SYSIO the
+  run copies inputs system -> device first, in SYSO/SYSIO outputs device -> system after,
+  exactly as graph.cpp does; otherwise ``sync_s2d`` / ``sync_d2s`` are the caller's job.
+  The TPU reads the device buffers and writes the output tensors' device buffers (integer
+  outputs quantised with the output scale). No shape check happens in the real Tensor
+  path (a failed ``bmrt_launch_tensor_ex`` is only logged and the outputs keep the
+  previous run's values), so an uncompiled shape is a violation here.
 
 Choices documented here because tests rely on them:
 - ``IOMode.SYSI`` on the numpy path returns NaN-filled fp32 outputs (the real engine builds
   them from a NULL system pointer and returns garbage, without an error).
 - ``get_input_shape`` / ``get_output_shape`` report the shape of the last ``process`` call,
   as the real engine does after its internal reshape; the maximum before any call.
-- The output dict is ordered by name, like the ``std::map`` the real binding converts.
-- Only the numpy-path ``process`` is faked; the Tensor path raises NotImplementedError.
+- The numpy path's output dict is ordered by name, like the ``std::map`` the real binding
+  converts.
+- ``Tensor.update_data`` wants exactly the tensor's shape and numpy dtype
+  (``SailTensorError`` otherwise). The real pybind overload resolution would first cast a
+  float64 array to float32; the fake refuses it, so a backend never depends on that.
+  ``scale_from`` / ``scale_to`` on a tensor without system memory are violations: the SE5's
+  aarch64 build (no SSE) only logs them and leaves the data untouched.
+- Touching a Tensor (any method) while a Tensor-path ``process`` runs on it is a violation
+  (the real run reads and writes its memory with the GIL released).
 - ``Decoder`` reads with ``cv2.VideoCapture`` (so files and real RTSP URLs work) and hands
   frames out in ``DECODER_FORMAT`` (BGR_PLANAR, as the real one does for the VPU's NV12
   frames; set YUV420P for what it gives for other streams). Reading with another device's
@@ -24,18 +50,20 @@ Choices documented here because tests rely on them:
 Use ``install(monkeypatch)`` to make ``import sophon.sail`` return this module for one test,
 ``install_placeholder`` / ``install_missing`` for the two ways SAIL can be absent, and
 ``register_model`` (with ``FakeGraph`` or ``onnx_graph``) to declare the bmodels that exist.
-``DECODERS`` lists every Decoder constructed.
+``ENGINES`` lists every Engine, ``TENSORS`` every Tensor and ``DECODERS`` every Decoder
+constructed; ``KEEP_INPUTS = True`` makes each ``FakeCall`` keep the inputs the model saw.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import os
 import sys
 import threading
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -102,6 +130,10 @@ class SailEngineError(RuntimeError):
     pass
 
 
+class SailTensorError(RuntimeError):
+    pass
+
+
 class SailDecoderError(RuntimeError):
     pass
 
@@ -122,6 +154,10 @@ TPU_COUNT = 1
 DECODERS: List["Decoder"] = []
 #: the format Decoder.read() gives frames in (see the module docstring).
 DECODER_FORMAT = Format.FORMAT_BGR_PLANAR
+#: every Tensor constructed, in order (to check that results never alias their memory).
+TENSORS: List["Tensor"] = []
+#: whether each FakeCall keeps a copy of the float32 inputs the model saw (off: big models).
+KEEP_INPUTS = False
 
 
 def _violation(message: str) -> None:
@@ -175,6 +211,8 @@ class FakeGraph:
     ``batch_sizes`` are the compiled stages (the batch dimension of each stage's inputs;
     the other dimensions are those of the maximum shape); default: only the maximum shape.
     ``fn`` maps float32 inputs of one stage to outputs with the same batch.
+    ``tpu_time_s`` is how long each ``process`` call keeps the "TPU" busy: with the GIL
+    held on the numpy path, released on the Tensor path (see the module docstring).
     """
 
     name: str
@@ -183,6 +221,7 @@ class FakeGraph:
     fn: ModelFn
     batch_sizes: Tuple[int, ...] = ()
     dynamic: bool = False
+    tpu_time_s: float = 0.0
 
     def __post_init__(self) -> None:
         max_batch = {io.shape[0] for io in self.inputs}
@@ -209,7 +248,11 @@ def register_model(path: Union[str, Path], *graphs: FakeGraph) -> str:
 
 @dataclass
 class FakeCall:
-    """What one numpy-path process() call received, as the binding saw it."""
+    """What one process() call received, as the binding saw it.
+
+    On the Tensor path ``dtypes`` are the tensors' numpy dtypes and ``shapes`` the shapes
+    the run used (the tensors' own, or ``input_shapes``).
+    """
 
     graph: str
     shapes: Dict[str, Tuple[int, ...]]
@@ -217,6 +260,13 @@ class FakeCall:
     c_contiguous: Dict[str, bool]
     thread_id: int
     mode: IOMode
+    #: "numpy" or "tensor": which overload of process() ran.
+    path: str = "numpy"
+    #: perf_counter() when the emulated TPU time began and ended.
+    tpu_started_s: float = 0.0
+    tpu_ended_s: float = 0.0
+    #: the float32 inputs the model saw (dequantised), only with KEEP_INPUTS.
+    inputs: Optional[Dict[str, np.ndarray]] = None
 
 
 def _quantise(x: np.ndarray, dtype: Dtype, scale: float) -> np.ndarray:
@@ -241,8 +291,308 @@ def _dequantise(y: np.ndarray, dtype: Dtype, scale: float) -> np.ndarray:
     return y
 
 
+def _gil_holding_usleep() -> Optional[Callable[[Any], Any]]:
+    try:
+        # PyDLL calls keep the GIL (CDLL ones release it): a C-level sleep under the GIL.
+        return ctypes.PyDLL(None).usleep
+    except (OSError, AttributeError):  # pragma: no cover - every Linux libc has usleep
+        return None
+
+
+_USLEEP_HOLDING_THE_GIL = _gil_holding_usleep()
+
+
+def _hold_gil_for(seconds: float) -> None:
+    """Block for ``seconds`` *without* releasing the GIL, like a pybind11 method bound
+    without ``gil_scoped_release`` that waits for the TPU (the numpy-path process)."""
+    if seconds <= 0:
+        return
+    usleep = _USLEEP_HOLDING_THE_GIL
+    if usleep is None:  # pragma: no cover
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:  # a Python loop lets others in every 5 ms
+            pass
+        return
+    remaining_us = int(seconds * 1e6)
+    while remaining_us > 0:
+        step = min(remaining_us, 500_000)  # usleep may refuse a second or more
+        usleep(ctypes.c_uint(step))
+        remaining_us -= step
+
+
+_NUMPY_DTYPES = {Dtype.BM_FLOAT32: np.dtype(np.float32), Dtype.BM_INT8: np.dtype(np.int8),
+                 Dtype.BM_UINT8: np.dtype(np.uint8), Dtype.BM_INT32: np.dtype(np.int32)}
+_INT_RANGES = {Dtype.BM_INT8: (-127, 127), Dtype.BM_UINT8: (0, 255),
+               Dtype.BM_INT32: (-2 ** 31, 2 ** 31 - 1)}
+
+
+def _numpy_dtype(dtype: Dtype) -> np.dtype:
+    try:
+        return _NUMPY_DTYPES[dtype]
+    except KeyError:
+        raise NotImplementedError(f"the fake Tensor stores only "
+                                  f"{[d.name for d in _NUMPY_DTYPES]}, not {dtype!r}") from None
+
+
+def _stored(x: np.ndarray, dtype: Dtype, factor: float) -> np.ndarray:
+    """float32 values as a tensor of ``dtype`` holds them: SAIL's TRANSFER_INT (round,
+    clamp; int8 is clamped to -127..127) or TRANSFER_FLOAT (multiply) of src/internal.h."""
+    scaled = np.asarray(x, dtype=np.float32) * factor
+    if dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        return np.clip(np.round(scaled), low, high).astype(_numpy_dtype(dtype))
+    return scaled.astype(_numpy_dtype(dtype))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class Tensor:
+    """``sail.Tensor``: system and device memory of one shape and dtype (bind.cpp 286-305).
+
+    ``Tensor(handle, shape, dtype, own_sys_data=False, own_dev_data=False)`` allocates what
+    it is told to (device memory zeroed, as bm_memset_device_ext does; system memory left
+    as garbage, as malloc does); ``Tensor(handle, data[, own_sys_data[, own_dev_data]])``
+    copies ``data`` into system memory when it owns some, else straight to the device.
+    The two memories are separate buffers: ``sync_s2d`` / ``sync_d2s`` copy between them.
+    """
+
+    def __init__(self, handle: Handle, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(handle, Handle):
+            raise TypeError("incompatible constructor arguments: the first argument must be a sail.Handle")
+        first = args[0] if args else kwargs.get("data", kwargs.get("shape"))
+        if isinstance(first, np.ndarray):
+            self._init_from_data(handle, *args, **kwargs)
+        else:
+            self._init_empty(handle, *args, **kwargs)
+        self._in_use = False
+        TENSORS.append(self)
+
+    def _init_empty(self, handle: Handle, shape: Sequence[int], dtype: Dtype,
+                    own_sys_data: bool = False, own_dev_data: bool = False) -> None:
+        if not isinstance(shape, (list, tuple)) or not all(_is_int(d) for d in shape):
+            raise TypeError(f"incompatible constructor arguments: shape must be a list of int, got {shape!r}")
+        if not isinstance(dtype, Dtype):
+            raise TypeError(f"incompatible constructor arguments: dtype must be sail.Dtype, got {dtype!r}")
+        if not isinstance(own_sys_data, bool) or not isinstance(own_dev_data, bool):
+            raise TypeError("incompatible constructor arguments: own_sys_data and own_dev_data are bool")
+        self._setup(handle, [int(d) for d in shape], dtype, own_sys_data, own_dev_data)
+        if self._sys is not None:
+            self._sys[:] = 0xA5  # malloc'd, never zeroed: garbage until written
+
+    def _init_from_data(self, handle: Handle, data: np.ndarray, own_sys_data: bool = True,
+                        own_dev_data: bool = True) -> None:
+        if not isinstance(own_sys_data, bool) or not isinstance(own_dev_data, bool):
+            raise TypeError("incompatible constructor arguments: own_sys_data and own_dev_data are bool")
+        dtype = next((d for d, n in _NUMPY_DTYPES.items() if n == data.dtype), Dtype.BM_FLOAT32)
+        data = np.ascontiguousarray(data, dtype=_numpy_dtype(dtype))  # pybind forcecast + SAIL's copy
+        if data.ndim < 1:
+            raise SailTensorError("invalid argument")
+        self._setup(handle, list(data.shape), dtype, own_sys_data, own_dev_data)
+        target = self._sys if self._sys is not None else self._dev
+        if target is not None:
+            target[:] = data.view(np.uint8).reshape(-1)
+
+    def _setup(self, handle: Handle, shape: List[int], dtype: Dtype, own_sys: bool, own_dev: bool) -> None:
+        self._handle = handle
+        self._shape = shape
+        self._dtype = dtype
+        self._np = _numpy_dtype(dtype)
+        self._own = (own_sys, own_dev)
+        valid = all(d > 0 for d in shape)  # shape_is_valid(): nothing is allocated otherwise
+        nbytes = int(np.prod(shape)) * self._np.itemsize if valid else 0
+        self._dev: Optional[np.ndarray] = np.zeros(nbytes, np.uint8) if own_dev and valid else None
+        self._sys: Optional[np.ndarray] = np.zeros(nbytes, np.uint8) if own_sys and valid else None
+
+    # -- the guard of the Tensor path ----------------------------------------------------
+
+    def _check_idle(self, what: str) -> None:
+        if self._in_use:
+            _violation(f"Tensor.{what}() while a Tensor-path process() runs on this tensor: "
+                       f"the real run reads and writes its memory with the GIL released")
+
+    # -- queries -------------------------------------------------------------------------
+
+    def shape(self) -> List[int]:
+        return list(self._shape)
+
+    def dtype(self) -> Dtype:
+        return self._dtype
+
+    def own_sys_data(self) -> bool:
+        return self._own[0]
+
+    def own_dev_data(self) -> bool:
+        return self._own[1]
+
+    def is_sys_data_valid(self) -> bool:
+        return self._sys is not None
+
+    def is_dev_data_valid(self) -> bool:
+        return self._dev is not None
+
+    def device_id(self) -> int:
+        return self._handle.get_device_id()
+
+    def size(self) -> int:
+        return int(np.prod(self._shape))
+
+    def element_size(self) -> int:
+        return self._np.itemsize
+
+    def nbytes(self) -> int:
+        return self.size() * self._np.itemsize
+
+    # -- data in and out -------------------------------------------------------------------
+
+    def update_data(self, data: np.ndarray) -> None:
+        """tensor.cpp update_data(): exactly the tensor's shape and dtype; written to system
+        memory when the tensor has some, else straight to device memory."""
+        self._check_idle("update_data")
+        if not isinstance(data, np.ndarray):
+            raise TypeError("incompatible function arguments: update_data(data: numpy.ndarray)")
+        if data.ndim != len(self._shape) or list(data.shape) != self._shape:
+            raise SailTensorError("invalid argument")  # "Invalid tensor shape [..] vs. [..]!"
+        if data.dtype != self._np:
+            raise SailTensorError("Wrong dtype of input array!")
+        target = self._sys if self._sys is not None else self._dev
+        if target is None:
+            raise SailTensorError("invalid Tensor")  # "Can not found device memory or host memory!"
+        target[:] = np.ascontiguousarray(data).view(np.uint8).reshape(-1)  # SAIL copies a strided array
+
+    def scale_from(self, data: np.ndarray, scale: float) -> None:
+        """``q = clamp(round(x * scale))`` from float32 ``data`` into system memory."""
+        self._check_idle("scale_from")
+        if not isinstance(data, np.ndarray) or not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            raise TypeError("incompatible function arguments: scale_from(data: numpy.ndarray[float32], scale: float)")
+        if data.dtype != np.float32:
+            data = np.ascontiguousarray(data, dtype=np.float32)  # pybind's forcecast makes a copy
+        elif not data.flags.c_contiguous:
+            _violation("scale_from() of a strided float32 array: SAIL reads buf.ptr linearly, "
+                       "so the tensor would get the elements in memory order, not index order")
+        if data.size > self.size():
+            raise SailTensorError("size out of range")
+        if self._sys is None:
+            _violation("scale_from() on a Tensor without system memory: the SE5's build only "
+                       "logs 'AnyScale param err' and leaves the tensor unchanged")
+        assert self._sys is not None
+        self._sys.view(self._np)[:data.size] = _stored(data.reshape(-1), self._dtype, scale)
+
+    def scale_to(self, scale: float, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+        """A new float32 array ``y = q * scale`` of system memory (the tensor's shape)."""
+        self._check_idle("scale_to")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool):
+            raise TypeError("incompatible function arguments: scale_to(scale: float[, shape])")
+        out_shape = list(self._shape if shape is None else shape)
+        count = int(np.prod(out_shape))
+        if count > self.size():
+            raise SailTensorError("size out of range")
+        if self._sys is None:
+            _violation("scale_to() on a Tensor without system memory: the SE5's build only "
+                       "logs 'AnyScale param err' and returns an uninitialised array")
+        assert self._sys is not None
+        values = self._sys.view(self._np)[:count].astype(np.float32) * np.float32(scale)
+        return values.reshape(out_shape)
+
+    def asnumpy(self, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+        """A fresh copy of system memory (of device memory if there is none), in the
+        tensor's dtype: pybind's array_t(buffer_info) without a base object copies."""
+        self._check_idle("asnumpy")
+        buffer = self._sys if self._sys is not None else self._dev
+        if buffer is None:
+            raise SailTensorError("invalid Tensor")  # "asnumpy: sys_data=null and dev_data is null!"
+        out_shape = list(self._shape if shape is None else shape)
+        count = int(np.prod(out_shape))
+        if count > self.size():
+            raise SailTensorError("size out of range")
+        return buffer.view(self._np)[:count].copy().reshape(out_shape)
+
+    def sync_s2d(self, size: Optional[int] = None) -> None:
+        """Copy ``size`` bytes (all by default) of system memory to device memory."""
+        self._check_idle("sync_s2d")
+        self._copy(self._sys, self._dev, size, "sync_s2d")
+
+    def sync_d2s(self, size: Optional[int] = None) -> None:
+        """Copy ``size`` bytes (all by default) of device memory to system memory."""
+        self._check_idle("sync_d2s")
+        self._copy(self._dev, self._sys, size, "sync_d2s")
+
+    def _copy(self, source: Optional[np.ndarray], target: Optional[np.ndarray],
+              size: Optional[int], what: str) -> None:
+        if size is not None and not _is_int(size):
+            raise TypeError(f"incompatible function arguments: {what}(size: int)")
+        if self._sys is None:
+            return  # both only act when system memory is valid
+        if self._dev is None:
+            _violation(f"{what}() on a Tensor without device memory: bm_memcpy fails, only logged")
+        assert source is not None and target is not None
+        count = source.size if size is None else int(size)
+        if not 0 <= count <= source.size:
+            _violation(f"{what}({size}) beyond the tensor's {source.size} bytes")
+        target[:count] = source[:count]
+
+    # -- what the fake Engine's Tensor path uses -------------------------------------------------
+
+    def _device_values(self, shape: Sequence[int]) -> np.ndarray:
+        assert self._dev is not None
+        count = int(np.prod(shape))
+        return self._dev.view(self._np)[:count].reshape(shape).copy()
+
+    def _write_device(self, values: np.ndarray) -> None:
+        assert self._dev is not None and values.dtype == self._np
+        flat = values.reshape(-1)
+        self._dev.view(self._np)[:flat.size] = flat
+
+
+def _bind(names: Sequence[str], args: Sequence[Any], kwargs: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """Arguments bound to one overload's parameter names (the last one, core_list, is
+    optional), or None when they do not fit its arity and names."""
+    if len(args) > len(names) or set(kwargs) - set(names[len(args):]):
+        return None
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    if any(n not in bound for n in names[:-1]):
+        return None
+    bound.setdefault(names[-1], [])
+    return bound
+
+
+def _tensor_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, Tensor)
+                                           for k, v in value.items())
+
+
+def _shape_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, (list, tuple)) and all(_is_int(d) for d in v)
+        for k, v in value.items())
+
+
+def _resolve_process(args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """Pick the ``Engine.process`` overload pybind11 would (bind.cpp 393-395, in order)."""
+    overloads = (("tensor", ("input", "output", "core_list")),
+                 ("tensor", ("input", "input_shapes", "output", "core_list")),
+                 ("numpy", ("input_tensors", "core_list")))
+    for path, names in overloads:
+        bound = _bind(names, args, kwargs)
+        if bound is None or not isinstance(bound["core_list"], (list, tuple)):
+            continue
+        if path == "tensor":
+            if (_tensor_map(bound["input"]) and _tensor_map(bound["output"])
+                    and ("input_shapes" not in bound or _shape_map(bound["input_shapes"]))):
+                return path, bound
+        elif isinstance(bound["input_tensors"], dict) and not any(
+                isinstance(v, Tensor) for v in bound["input_tensors"].values()):
+            return path, bound
+    raise TypeError("process(): incompatible function arguments; the overloads are "
+                    "(graph_name, input: dict[str, Tensor], output: dict[str, Tensor], core_list=[]), "
+                    "(graph_name, input, input_shapes: dict[str, list[int]], output, core_list=[]), "
+                    "(graph_name, input_tensors: dict[str, numpy.ndarray], core_list=[])")
+
+
 class Engine:
-    """The ``Engine(bmodel_path, tpu_id, mode)`` constructor and its numpy-path ``process``."""
+    """The ``Engine(bmodel_path, tpu_id, mode)`` constructor and both ``process`` paths."""
 
     def __init__(self, bmodel_path: str, dev_id: int, mode: IOMode, /) -> None:
         # pybind11 converts only str to std::string and only IOMode members to the enum;
@@ -331,18 +681,24 @@ class Engine:
 
     # -- inference ---------------------------------------------------------------------
 
-    def process(self, graph_name: str, input_tensors: Dict[str, Any],
-                core_list: Sequence[int] = ()) -> Dict[str, np.ndarray]:
-        if isinstance(core_list, dict) or not isinstance(input_tensors, dict):
-            raise NotImplementedError("the fake implements only the numpy-path process()")
+    def process(self, graph_name: str, *args: Any, **kwargs: Any) -> Optional[Dict[str, np.ndarray]]:
+        """The numpy path (returns outputs) or the Tensor path (fills ``output``, returns
+        None), chosen from the arguments as pybind11 resolves the overloads."""
+        if not isinstance(graph_name, str):
+            raise TypeError("process(): incompatible function arguments: graph_name must be str")
+        path, bound = _resolve_process(args, kwargs)
         if threading.get_ident() != self._owner_thread:
             _violation(f"process() on thread {threading.get_ident()}, Engine created on "
                        f"thread {self._owner_thread}: one Engine must stay on one thread")
         if not self._busy.acquire(blocking=False):
             _violation("concurrent process() on one Engine: the real one would race on its "
-                       "shared per-graph buffers")
+                       "shared per-graph buffers and output shapes")
         try:
-            return self._process(graph_name, input_tensors)
+            if path == "numpy":
+                return self._process(graph_name, bound["input_tensors"])
+            self._process_tensors(graph_name, bound["input"], bound.get("input_shapes"),
+                                  bound["output"])
+            return None
         finally:
             self._busy.release()
 
@@ -378,6 +734,12 @@ class Engine:
         self._input_shapes[graph_name].update({n: list(a.shape) for n, a in arrays.items()})
 
         feeds = {io.name: _quantise(arrays[io.name], io.dtype, io.scale) for io in graph.inputs}
+        call = self.calls[-1]
+        if KEEP_INPUTS:
+            call.inputs = {n: v.copy() for n, v in feeds.items()}
+        call.tpu_started_s = time.perf_counter()
+        _hold_gil_for(graph.tpu_time_s)  # no gil_scoped_release on this overload
+        call.tpu_ended_s = time.perf_counter()
         if self._mode == IOMode.SYSI:
             raw = {io.name: np.full((stage_batch,) + io.shape[1:], np.nan, dtype=np.float32)
                    for io in graph.outputs}
@@ -410,6 +772,118 @@ class Engine:
         if len(batches) != 1:
             raise SailEngineError("Engine related error")  # inputs from different stages
         return batches.pop()
+
+    def _process_tensors(self, graph_name: str, inputs: Dict[str, Tensor],
+                         input_shapes: Optional[Dict[str, Sequence[int]]],
+                         outputs: Dict[str, Tensor]) -> None:
+        """engine.cpp 1099-1163 and graph.cpp 665-760: checks, s2d, run, d2s."""
+        graph = self._graph(graph_name)
+        # What the real engine raises for (engine.cpp): memory the IOMode needs is missing.
+        inputs_in_sys = self._mode in (IOMode.SYSI, IOMode.SYSIO)
+        outputs_in_sys = self._mode in (IOMode.SYSO, IOMode.SYSIO)
+        for tensor in inputs.values():
+            if (tensor._sys is None and inputs_in_sys) or tensor._dev is None:
+                raise SailEngineError("bad input")  # "Not found system/device memory in input tensor"
+        for tensor in outputs.values():
+            if (tensor._sys is None and outputs_in_sys) or tensor._dev is None:
+                raise SailEngineError("bad output")
+
+        # What it does not check, and gets wrong silently.
+        def io_of(ios: Sequence[FakeIO], given: Dict[str, Any], kind: str) -> None:
+            unknown = sorted(set(given) - {io.name for io in ios})
+            if unknown:
+                _violation(f"{kind} tensors {unknown} are not {kind}s of {graph_name!r}: the real "
+                           f"SAIL maps an unknown name to index 0 (std::map operator[])")
+            missing = [io.name for io in ios if io.name not in given]
+            if missing:
+                _violation(f"{kind}s {missing} not given: the real SAIL runs with unbound tensors")
+
+        io_of(graph.inputs, inputs, "input")
+        io_of(graph.outputs, outputs, "output")
+        if input_shapes is not None:
+            io_of(graph.inputs, input_shapes, "input shape")
+        by_name = [(io, inputs[io.name]) for io in graph.inputs]
+        by_name += [(io, outputs[io.name]) for io in graph.outputs]
+        if len({id(tensor) for _io, tensor in by_name}) != len(by_name):
+            _violation(f"one Tensor passed for two of {graph_name!r}'s inputs/outputs")
+        for io, tensor in by_name:
+            name = io.name
+            if tensor._in_use:
+                _violation(f"tensor {name!r} is in use by another process() right now")
+            if tensor.dtype() != io.dtype:
+                _violation(f"tensor {name!r} is {tensor.dtype().name} but the graph's {name!r} is "
+                           f"{io.dtype.name}: the TPU would read its bytes as {io.dtype.name}")
+            if tensor.device_id() != self.get_device_id():
+                _violation(f"tensor {name!r} lives on device {tensor.device_id()}, the Engine on "
+                           f"{self.get_device_id()}")
+
+        shapes = {name: tuple(int(d) for d in (input_shapes[name] if input_shapes is not None
+                                               else tensor.shape()))
+                  for name, tensor in inputs.items()}
+        batches = set()
+        for io in graph.inputs:
+            shape = shapes[io.name]
+            if len(shape) != len(io.shape) or (
+                    any(d <= 0 or d > m for d, m in zip(shape, io.shape)) if graph.dynamic
+                    else not any(shape == (b,) + io.shape[1:] for b in graph.batch_sizes)):
+                _violation(f"input {io.name!r} shaped {shape} matches no compiled stage of "
+                           f"{graph_name!r}: bmrt_launch_tensor_ex fails, SAIL only logs it and "
+                           f"the outputs keep the previous run's values")
+            if int(np.prod(shape)) * inputs[io.name].element_size() > inputs[io.name].nbytes():
+                _violation(f"input {io.name!r} shaped {shape} is larger than its tensor "
+                           f"{inputs[io.name].shape()}: the TPU would read past its memory")
+            batches.add(shape[0])
+        if len(batches) != 1:
+            _violation(f"inputs of {graph_name!r} from different stages: {shapes}")
+        stage_batch = batches.pop()
+        expected = {io.name: (stage_batch,) + tuple(io.shape[1:]) for io in graph.outputs}
+        for io in graph.outputs:
+            if int(np.prod(expected[io.name])) > outputs[io.name].size():
+                _violation(f"output tensor {io.name!r} {outputs[io.name].shape()} cannot hold "
+                           f"{expected[io.name]}: the TPU would write past its memory")
+
+        tensors = list(inputs.values()) + list(outputs.values())
+        for tensor in tensors:
+            tensor._in_use = True
+        try:
+            feeds: Dict[str, np.ndarray] = {}
+            for io in graph.inputs:
+                tensor = inputs[io.name]
+                size = int(np.prod(shapes[io.name])) * tensor.element_size()
+                if inputs_in_sys:  # input_s2d(): the run copies what it reads
+                    assert tensor._sys is not None and tensor._dev is not None
+                    tensor._dev[:size] = tensor._sys[:size]
+                raw = tensor._device_values(shapes[io.name])
+                feeds[io.name] = (raw.astype(np.float32) / np.float32(io.scale)
+                                  if io.dtype in _INT_RANGES else raw.astype(np.float32))
+            self.calls.append(FakeCall(
+                graph=graph_name, shapes=dict(shapes),
+                dtypes={n: t._np for n, t in inputs.items()},
+                c_contiguous={n: True for n in inputs}, thread_id=threading.get_ident(),
+                mode=self._mode, path="tensor",
+                inputs={n: v.copy() for n, v in feeds.items()} if KEEP_INPUTS else None))
+            call = self.calls[-1]
+            call.tpu_started_s = time.perf_counter()
+            if graph.tpu_time_s > 0:
+                time.sleep(graph.tpu_time_s)  # py::call_guard<gil_scoped_release>: others run
+            call.tpu_ended_s = time.perf_counter()
+            raw_outputs = graph.fn(feeds)
+            for io in graph.outputs:
+                value = np.asarray(raw_outputs[io.name], dtype=np.float32)
+                if value.shape != expected[io.name]:
+                    raise ValueError(f"fake model fn returned {io.name} shaped {value.shape}, "
+                                     f"expected {expected[io.name]}")  # a broken test model
+                tensor = outputs[io.name]
+                factor = 1.0 / io.scale if io.dtype in _INT_RANGES else 1.0
+                tensor._write_device(_stored(value, io.dtype, factor))
+                self._output_shapes[graph_name][io.name] = list(expected[io.name])
+                if outputs_in_sys:  # output_d2s()
+                    assert tensor._sys is not None and tensor._dev is not None
+                    size = value.size * tensor.element_size()
+                    tensor._sys[:size] = tensor._dev[:size]
+        finally:
+            for tensor in tensors:
+                tensor._in_use = False
 
 
 # -- models backed by a real ONNX file --------------------------------------------------
@@ -645,6 +1119,8 @@ def install(monkeypatch: Any) -> types.ModuleType:
     monkeypatch.setattr(module, "TPU_COUNT", 1)
     monkeypatch.setattr(module, "DECODERS", [])
     monkeypatch.setattr(module, "DECODER_FORMAT", Format.FORMAT_BGR_PLANAR)
+    monkeypatch.setattr(module, "TENSORS", [])
+    monkeypatch.setattr(module, "KEEP_INPUTS", False)
     monkeypatch.setitem(sys.modules, "sophon", _package(module))
     monkeypatch.setitem(sys.modules, "sophon.sail", module)
     return module

@@ -1,11 +1,12 @@
 """SailBackend against the fake ``sophon.sail`` (tests/fakes/sail.py), which enforces SAIL's
-numpy-path contract: compiled shapes only, positional constructor, one thread per Engine,
-no strided inputs. Plus the SE5 manifest, which names the bmodels this backend runs."""
+contract: compiled shapes only, positional constructor, one thread per Engine, exact tensor
+shapes and dtypes, no strided inputs. Plus the SE5 manifest, which names the bmodels this
+backend runs. The Tensor path's own properties (GIL, int8 tensors, memory) are in
+test_sail_tensor_path.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,11 +67,21 @@ def _batch(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1.0, 1.0, (n,) + SAMPLE).astype(np.float32)
 
 
+def loaded(fake, path: str, **kwargs) -> SailBackend:
+    """A SailBackend whose Engine's call log starts after the load-time check (one
+    numpy-path and one Tensor-path run per compiled stage)."""
+    backend = SailBackend(path, sail_module=fake, **kwargs)
+    engine = fake.ENGINES[-1]
+    assert [c.path for c in engine.calls] == ["numpy", "tensor"] * len(backend.batch_sizes)
+    engine.calls.clear()
+    return backend
+
+
 # -- batching -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 9])
 def test_pads_to_the_compiled_batch_and_slices_back(fake_sail, tmp_path, n):
-    backend = SailBackend(toy_model(fake_sail, tmp_path), sail_module=fake_sail)
+    backend = loaded(fake_sail, toy_model(fake_sail, tmp_path))
     x = _batch(n)
     out = backend.run({"data": x})
 
@@ -82,13 +93,14 @@ def test_pads_to_the_compiled_batch_and_slices_back(fake_sail, tmp_path, n):
     np.testing.assert_allclose(out["mean"], expected["mean"], rtol=1e-5, atol=1e-6)
     calls = fake_sail.ENGINES[0].calls
     assert [c.shapes["data"][0] for c in calls] == [4] * (-(-n // 4))
+    assert {c.path for c in calls} == {"tensor"}
 
 
 @pytest.mark.parametrize("n, batches", [(1, [1]), (3, [4]), (2, [4]), (4, [4]), (5, [4, 1]),
                                         (9, [4, 4, 1])])
 def test_model_with_stages_1_and_4_runs_full_stages_then_one_padded_remainder(fake_sail, tmp_path, n, batches):
     path = toy_model(fake_sail, tmp_path, batch_sizes=(1, 4))
-    backend = SailBackend(path, batch_sizes=(4, 1), sail_module=fake_sail)
+    backend = loaded(fake_sail, path, batch_sizes=(4, 1))
     assert backend.batch_sizes == (1, 4)
     x = _batch(n, seed=n)
     out = backend.run({"data": x})
@@ -99,7 +111,7 @@ def test_model_with_stages_1_and_4_runs_full_stages_then_one_padded_remainder(fa
 
 def test_default_batch_sizes_are_the_compiled_input_batch(fake_sail, tmp_path):
     path = toy_model(fake_sail, tmp_path, batch_sizes=(1, 4))
-    backend = SailBackend(path, sail_module=fake_sail)
+    backend = loaded(fake_sail, path)
     assert backend.batch_sizes == (4,)
     backend.run({"data": _batch(1)})
     assert fake_sail.ENGINES[0].calls[0].shapes["data"] == (4,) + SAMPLE
@@ -108,7 +120,8 @@ def test_default_batch_sizes_are_the_compiled_input_batch(fake_sail, tmp_path):
 
 
 def test_dynamic_graph_runs_any_batch_up_to_its_maximum_without_padding(fake_sail, tmp_path):
-    backend = SailBackend(toy_model(fake_sail, tmp_path, dynamic=True), sail_module=fake_sail)
+    backend = loaded(fake_sail, toy_model(fake_sail, tmp_path, dynamic=True))
+    assert backend.batch_sizes == (1, 2, 3, 4)
     backend.run({"data": _batch(7)})
     assert [c.shapes["data"][0] for c in fake_sail.ENGINES[0].calls] == [4, 3]
 
@@ -121,7 +134,7 @@ def test_declared_batch_larger_than_compiled_is_refused_at_load(fake_sail, tmp_p
 # -- inputs -----------------------------------------------------------------------------------
 
 def test_inputs_reach_sail_as_contiguous_float32_and_the_callers_array_is_untouched(fake_sail, tmp_path):
-    backend = SailBackend(toy_model(fake_sail, tmp_path), sail_module=fake_sail)
+    backend = loaded(fake_sail, toy_model(fake_sail, tmp_path))
     nhwc = np.random.default_rng(3).uniform(0, 1, (5, 8, 8, 3)).astype(np.float32)
     before = nhwc.copy()
     view = nhwc.transpose(0, 3, 1, 2)  # NCHW view, not C-contiguous
@@ -156,25 +169,27 @@ def test_the_fake_catches_a_strided_input(fake_sail, tmp_path):
     {"data": np.zeros((0,) + SAMPLE, dtype=np.float32)},  # empty batch
 ])
 def test_bad_feeds_raise_backend_error(fake_sail, tmp_path, feeds):
-    backend = SailBackend(toy_model(fake_sail, tmp_path), sail_module=fake_sail)
+    backend = loaded(fake_sail, toy_model(fake_sail, tmp_path))
     with pytest.raises(BackendError):
         backend.run(feeds)
     assert fake_sail.ENGINES[0].calls == []
 
 
-def test_sail_shape_rejection_surfaces_as_backend_error(fake_sail, tmp_path):
-    # The manifest claims a batch-2 stage the bmodel does not have: SAIL says "bad input".
-    backend = SailBackend(toy_model(fake_sail, tmp_path), batch_sizes=(2,), sail_module=fake_sail)
-    with pytest.raises(BackendError, match="bad input") as info:
-        backend.run({"data": _batch(2)})
+def test_a_stage_the_bmodel_lacks_is_refused_at_load(fake_sail, tmp_path):
+    # The manifest claims a batch-2 stage the bmodel does not have. The Tensor path would
+    # not say so (SAIL only logs the failed launch and keeps the previous outputs), so the
+    # load-time check asks the numpy path, which says "bad input".
+    with pytest.raises(BackendError, match="does not run at batch 2.*bad input") as info:
+        SailBackend(toy_model(fake_sail, tmp_path), batch_sizes=(2,), sail_module=fake_sail)
     assert isinstance(info.value.__cause__, fake_sail.SailEngineError)
+    assert [c.path for c in fake_sail.ENGINES[0].calls] == ["numpy"]  # never the Tensor path
 
 
 def test_int8_input_is_fed_as_float_and_quantised_by_sail_with_its_scale(fake_sail, tmp_path):
     scale = 20.0
     path = toy_model(fake_sail, tmp_path, input_dtype=fake_sail.BM_INT8, input_scale=scale,
                      output_dtype=fake_sail.BM_INT8, output_scale=0.05)
-    backend = SailBackend(path, sail_module=fake_sail)
+    backend = loaded(fake_sail, path)
     assert backend.input_specs()[0].dtype == "float32"
     x = _batch(3) * 10.0  # some values beyond 127/scale, to exercise the clip
     out = backend.run({"data": x})
@@ -183,13 +198,14 @@ def test_int8_input_is_fed_as_float_and_quantised_by_sail_with_its_scale(fake_sa
     expected = np.clip(np.round(_reference(quantised)["feat"] / 0.05), -127, 127) * 0.05
     np.testing.assert_allclose(out["feat"], expected, atol=1e-4)
     assert not np.allclose(out["feat"], _reference(x)["feat"], atol=1e-2)
-    assert fake_sail.ENGINES[0].calls[0].dtypes["data"] == np.float32
+    # The bmodel's int8 tensor is fed quantised (scale_from), never as float32 bytes.
+    assert fake_sail.ENGINES[0].calls[0].dtypes["data"] == np.int8
 
 
 # -- outputs ----------------------------------------------------------------------------------
 
 def test_outputs_are_fresh_arrays_never_aliased_between_calls(fake_sail, tmp_path):
-    backend = SailBackend(toy_model(fake_sail, tmp_path), sail_module=fake_sail)
+    backend = loaded(fake_sail, toy_model(fake_sail, tmp_path))
     first = backend.run({"data": _batch(2, seed=1)})
     kept = {k: v.copy() for k, v in first.items()}
     second = backend.run({"data": _batch(2, seed=2)})
@@ -204,7 +220,7 @@ def test_outputs_are_fresh_arrays_never_aliased_between_calls(fake_sail, tmp_pat
 # -- threads ----------------------------------------------------------------------------------
 
 def test_only_the_creating_thread_may_run(fake_sail, tmp_path):
-    backend = SailBackend(toy_model(fake_sail, tmp_path), sail_module=fake_sail)
+    backend = loaded(fake_sail, toy_model(fake_sail, tmp_path))
     errors = []
 
     def intruder():

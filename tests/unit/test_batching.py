@@ -72,8 +72,11 @@ def toy_model(fake, tmp_path: Path, fn=_toy_fn, name: str = "toy") -> str:
 
 
 def sail_batcher(fake, path: str, max_wait_s: float = 0.003, max_batch: int = 4) -> BatchingBackend:
-    return BatchingBackend(lambda: SailBackend(path, batch_sizes=(1, 4), sail_module=fake),
-                           max_batch=max_batch, max_wait_s=max_wait_s, name="toy")
+    backend = BatchingBackend(lambda: SailBackend(path, batch_sizes=(1, 4), sail_module=fake),
+                              max_batch=max_batch, max_wait_s=max_wait_s, name="toy")
+    # The Engine's call log starts after SailBackend's load-time check of both stages.
+    fake.ENGINES[-1].calls.clear()
+    return backend
 
 
 def _start_together(count: int, target, *args) -> List[threading.Thread]:
@@ -286,10 +289,12 @@ def test_an_inner_exception_reaches_every_caller_of_the_batch(tmp_path):
 def test_close_fails_pending_and_later_runs_and_releases_the_engine_on_its_thread(fake_sail, tmp_path):
     gate = threading.Event()
     entered = threading.Event()
+    armed = threading.Event()  # not during SailBackend's load-time check
 
     def gated_fn(feeds):
-        entered.set()
-        gate.wait(10)
+        if armed.is_set():
+            entered.set()
+            gate.wait(10)
         return _toy_fn(feeds)
 
     path = toy_model(fake_sail, tmp_path, fn=gated_fn)
@@ -302,6 +307,7 @@ def test_close_fails_pending_and_later_runs_and_releases_the_engine_on_its_threa
 
     backend = BatchingBackend(lambda: RecordingSail(path, batch_sizes=(1, 4), sail_module=fake_sail),
                               max_batch=4, max_wait_s=0.003, name="toy")
+    armed.set()
     client = backend.attach()
     pool = ThreadPoolExecutor(max_workers=4)
     running = pool.submit(backend.run, {"data": _batch(1)})
