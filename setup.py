@@ -29,6 +29,8 @@ EXTRAS_REQUIRE = {
         "pytest>=7",
         "pytest-aiohttp>=1.0",
         "vermin>=1.5",
+        "jsonschema>=4.18",  # the OpenAPI document's examples (tests/api/test_openapi.py)
+        "openapi-spec-validator>=0.7.1,!=0.7.2",  # 0.7.2 does not import on Python 3.8
     ],
     "bench": [
         "faiss-cpu>=1.7",  # the search baseline of bench/search.py
@@ -43,6 +45,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.8",
     packages=find_packages(include=["sophon_face", "sophon_face.*"]),
+    package_data={"sophon_face.api": ["static/*.html"]},  # the /docs page
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     # Manifests and the default configuration travel with the package so an installed

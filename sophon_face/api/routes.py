@@ -6,7 +6,8 @@ from typing import List, Tuple
 
 from aiohttp import web
 
-from . import compare, config, data, device, event, health, identity, login, metrics, permission
+from . import (compare, config, data, device, docs, event, health, identity, login, metrics,
+               permission)
 
 BASE = "/sophon/v2/face"
 
@@ -71,3 +72,5 @@ def add_routes(app: web.Application) -> None:
             app.router.add_route(method, variant, handler)  # type: ignore[arg-type]
     app.router.add_get("/health", health.health)
     app.router.add_get("/metrics", metrics.metrics)  # Prometheus text format
+    app.router.add_get("/openapi.json", docs.openapi_json)  # generated from this router
+    app.router.add_get("/docs", docs.docs_page)  # renders /openapi.json
