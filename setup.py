@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "msgpack>=1.0",
     "pyyaml>=5.4",
     "prometheus-client>=0.17",  # /metrics (0.21.1 is the newest for Python 3.8)
+    "tqdm>=4.60",  # the import progress bar (logging_redirect_tqdm)
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,10 +1,13 @@
-"""``sophon-face``: serve | health | check-config. The only module that exits.
+"""``sophon-face``: serve | health | check-config | import | export. The only module that exits.
 
 Contract relied on by scripts and the systemd unit:
   sophon-face serve [--config FILE] [--host H] [--port N] [--ws-port N] [--data-dir DIR]
                     [--image-root DIR ...]
   sophon-face health [--url URL]      stdlib only; exit 0 healthy, 1 otherwise; one line
   sophon-face check-config [--config FILE]
+  sophon-face import SOURCE [--url URL | --data-dir DIR [--config FILE]] [--group NAME]
+                     [--workers N] [--fiqa-level L] [--resume]   (tools/bulk_import.py)
+  sophon-face export DIR [--url URL | --data-dir DIR [--config FILE]]
 
 ``serve`` speaks systemd's notify protocol when started with NOTIFY_SOCKET (Type=notify):
 READY=1 once it really serves, WATCHDOG=1 from the event loop, STOPPING=1 on SIGTERM.
@@ -26,6 +29,8 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional
 
 from .sdnotify import Notifier, feed_watchdog, watchdog_ping_interval_s
+from .tools.bulk_import import add_import_arguments, import_main  # stdlib-only imports
+from .tools.export import add_export_arguments, export_main
 
 if TYPE_CHECKING:
     from .config import Config
@@ -55,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", help="configuration file (default: embedded defaults)")
+    add_import_arguments(sub.add_parser("import", help="register a photo folder tree or CSV"))
+    add_export_arguments(sub.add_parser("export", help="write the gallery as photos and CSV"))
     return parser
 
 
@@ -220,7 +227,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"serve": _serve, "health": _health, "check-config": _check_config}
+    handlers = {"serve": _serve, "health": _health, "check-config": _check_config,
+                "import": import_main, "export": export_main}
     return handlers[args.command](args)
 
 
