@@ -28,6 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..push.preview import Client, PreviewHub
 from ..push.realtime import CLOSE_GOING_AWAY, CLOSE_TIMEOUT_S
+from .ws_socket import ClientSocket, abort_connection
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +41,8 @@ HUB = web.AppKey("preview_hub", PreviewHub)
 HEARTBEAT = web.AppKey("preview_heartbeat_s", float)
 
 
-def _abort(request: web.Request) -> None:
-    """Drop the TCP connection now, discarding unsent bytes (a graceful transport close
-    waits for a stuck peer to drain them, which may be never)."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
-class _ClientSocket:
-    """The hub's Connection over one WebSocket: a close that cannot leave it hanging."""
-
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self._ws, self._request = ws, request
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self._ws.send_bytes(data)
-
-    async def send_str(self, data: str) -> None:
-        await self._ws.send_str(data)
-
-    async def close(self, *, code: int = CLOSE_GOING_AWAY, message: bytes = b"") -> bool:
-        try:
-            return await self._ws.close(code=code, message=message)
-        finally:
-            # After a clean closing handshake this finds nothing left to drop; after a
-            # failed or abandoned one it unblocks this connection's handler and frees it.
-            _abort(self._request)
-
-
 async def _serve(request: web.Request, kind: str,
-                 add: Callable[[PreviewHub, _ClientSocket, str], Client],
+                 add: Callable[[PreviewHub, ClientSocket, str], Client],
                  remove: Callable[[PreviewHub, Client], Awaitable[None]]) -> web.StreamResponse:
     """One client's whole connection: register it with the hub, read until it leaves."""
     ws = web.WebSocketResponse(heartbeat=request.app[HEARTBEAT], timeout=CLOSE_TIMEOUT_S,
@@ -83,7 +55,7 @@ async def _serve(request: web.Request, kind: str,
     if hub.closed:  # a connection that raced the shutdown
         await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
         return ws
-    client = add(hub, _ClientSocket(ws, request), peer)
+    client = add(hub, ClientSocket(ws, request), peer)
     log.info("preview %s client %s connected (%d viewers, %d control)", kind, peer,
              hub.viewer_count, hub.control_count)
     try:
@@ -93,7 +65,7 @@ async def _serve(request: web.Request, kind: str,
     finally:
         await remove(hub, client)
         if ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
-            _abort(request)  # e.g. no PONG: do not wait for a dead peer to drain our bytes
+            abort_connection(request)  # e.g. no PONG: do not wait for a dead peer to drain
         log.info("preview %s client %s disconnected (%d sent, %d dropped)", kind, peer,
                  client.sent, client.dropped)
     return ws

@@ -27,6 +27,7 @@ from ..errors import ApiError, InvalidRequestJson
 from ..push.realtime import (CLOSE_GOING_AWAY, CLOSE_TIMEOUT_S, RealtimeHub, SubscriberConfig,
                              message_text)
 from .validation import Context, Param, Schema, boolean, string_list
+from .ws_socket import ClientSocket, abort_connection
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +75,6 @@ def error_text(error: ApiError) -> str:
     return message_text({"error": {"code": error.code, "message": error.message}})
 
 
-def _abort(request: web.Request) -> None:
-    """Drop the TCP connection now, discarding unsent bytes (a graceful transport close
-    waits for a stuck peer to drain them, which may be never)."""
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
-
-
-class _ClientSocket:
-    """The hub's Connection over one WebSocket: a close that cannot leave it hanging."""
-
-    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
-        self._ws, self._request = ws, request
-
-    async def send_str(self, data: str) -> None:
-        await self._ws.send_str(data)
-
-    async def close(self, *, code: int = CLOSE_GOING_AWAY, message: bytes = b"") -> bool:
-        try:
-            return await self._ws.close(code=code, message=message)
-        finally:
-            # After a clean closing handshake this finds nothing left to drop; after a
-            # failed or abandoned one it unblocks this connection's handler and frees it.
-            _abort(self._request)
-
-
 async def realtime_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=request.app[HEARTBEAT], timeout=CLOSE_TIMEOUT_S,
                                compress=False, max_msg_size=MAX_CONFIG_MESSAGE_BYTES)
@@ -111,7 +86,7 @@ async def realtime_socket(request: web.Request) -> web.StreamResponse:
     if hub.closed:  # a connection that raced the shutdown
         await ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown")
         return ws
-    subscriber = hub.add(_ClientSocket(ws, request), name=peer)
+    subscriber = hub.add(ClientSocket(ws, request), name=peer)
     log.info("real-time client %s connected (%d connected)", peer, hub.subscriber_count)
     try:
         async for message in ws:
@@ -133,7 +108,7 @@ async def realtime_socket(request: web.Request) -> web.StreamResponse:
     finally:
         await hub.remove(subscriber)
         if ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE):
-            _abort(request)  # e.g. no PONG: do not wait for a dead peer to drain our bytes
+            abort_connection(request)  # e.g. no PONG: do not wait for a dead peer to drain
         log.info("real-time client %s disconnected (%d sent, %d dropped)", peer,
                  subscriber.sent, subscriber.dropped)
     return ws
