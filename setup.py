@@ -15,6 +15,9 @@ INSTALL_REQUIRES = [
     "pyyaml>=5.4",
     "prometheus-client>=0.17",  # /metrics (0.21.1 is the newest for Python 3.8)
     "tqdm>=4.60",  # the import progress bar (logging_redirect_tqdm)
+    # The gallery's int8 scan (NEON dotprod on the box, AVX2/VNNI here); 6.5 fixed a
+    # reference leak of ``out=`` that the scan relies on. numpy is the fallback kernel.
+    "simsimd>=6.5,<7",
 ]
 
 EXTRAS_REQUIRE = {

@@ -325,7 +325,7 @@ def memory_table(result: Dict[str, Any]) -> str:
         rows.append(("RssAnon delta of the load", mib(r["anon_bytes"]), r["anon_bytes"] / n))
         rows.append(("raw features (n x D x 4)", mib(r["raw_bytes"]), r["raw_bytes"] / n))
         parts.append(f"d{r['dim']}, {size_label(n)} faces:\n\n" + markdown_table(
-            ("_Library attribute", "MiB", "bytes/face"), rows))
+            ("Library attribute", "MiB", "bytes/face"), rows))
     return "\n\n".join(parts) or "(no fixture)"
 
 
@@ -437,24 +437,21 @@ class CompactGallery:
 
 
 def prototype_load(txn: Any, dim: int) -> CompactGallery:
-    """The rebuild a CompactGallery needs, over today's LMDB layout and codec."""
-    from sophon_face.store import codec, faces, keys
+    """The rebuild a CompactGallery needs, over today's LMDB layout (faces.py: records,
+    then the feature blocks in slot order)."""
+    from sophon_face.store import faces, keys
 
-    n = faces.count(txn)
-    row_bytes = dim * 4
-    matrix = np.empty((n, dim), dtype=np.float32)
-    rows = memoryview(matrix).cast("B")
-    key_bytes = bytearray(n * 16)
-    identity_of: List[str] = []
+    index = faces.gallery_index(txn)
+    order = np.argsort(index.slots, kind="stable")
+    order = order[index.dims[order] == dim]
+    matrix = np.empty((len(order), dim), dtype=np.float32)
     i = 0
-    for key, value in txn.raw.cursor(db=txn.dbs.faces).iternext(keys=True, values=True):
-        record = codec.unpack("face", value)
-        if record["dim"] != dim:
-            continue
-        rows[i * row_bytes:(i + 1) * row_bytes] = record["feature"]
-        key_bytes[i * 16:(i + 1) * 16] = key
-        identity_of.append(record["identity_id"])
-        i += 1
+    for chunk in faces.iter_feature_rows(txn, dim, index.slots[order]):
+        matrix[i:i + len(chunk)] = chunk
+        i += len(chunk)
+    key_bytes = b"".join(index.keys[j] for j in order.tolist())
+    identity_of: List[str] = [index.identity_ids[index.identities[j]] for j in order.tolist()]
+    rows = memoryview(matrix).cast("B")
     rows.release()
     matrix /= np.sqrt(np.einsum("ij,ij->i", matrix, matrix))[:, None]
     index_of: Dict[str, int] = {}
@@ -507,7 +504,7 @@ def prototype_child(data_dir: str, dim: int) -> None:
         same = 0
         for p in probes:
             mine = compact.search(p, "bench-group-3")
-            theirs = reference.search(p, "bench-group-3")
+            theirs = await store.read(reference.search_in, p, "bench-group-3")
             same += theirs is not None and mine[0] == theirs.face_id and mine[1] == theirs.identity_id
         out["same_answers_of_20_group_searches"] = same
         await store.close()

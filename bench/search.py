@@ -7,6 +7,13 @@ Sections (all by default; ``--only`` picks some):
                side with a plain numpy baseline (``matrix @ probe``, argmax) and faiss-cpu's
                ``IndexFlatIP`` (k=1), on the same data and probes, taking turns in blocks of
                25 probes (see ``take_turns``).
+``gallery``    the 512-d gallery as the daemon runs it: a Store fixture (100k, 1M faces) opened
+               with its Gallery (int8 codes in memory, exact features in LMDB), searched in a
+               read transaction, side by side with numpy's exact float32 ``matrix @ probe`` +
+               argmax over the same unit rows, taking turns (``take_turns``): p50/p99 per
+               probe for the whole library and for one 10 % group, then top-1 agreement on
+               10k more probes (the reference by blocks of matrix products, re-checked with
+               the matrix-vector product wherever its two best rows are within rounding).
 ``coldstart``  a Store holding 1M faces (one identity each, in 10 permission groups) is
                opened and its gallery rebuilt, in a fresh process: wall time and resident
                memory against the raw feature bytes. Once with the LMDB file evicted from the
@@ -21,6 +28,7 @@ Run (from the project root):
     .venv/bin/python bench/search.py                 # everything, ~10-15 min on 2 cores
     .venv/bin/python bench/search.py --quick         # 10k/50k, dim 128, 100k cold start
     .venv/bin/python bench/search.py --only search --sizes 50k,1M --dims 512 --probes 100
+    .venv/bin/python bench/search.py --only gallery,coldstart --coldstart-dims 512
 Prints markdown; writes bench/results/search-*.json.
 """
 
@@ -53,7 +61,8 @@ from measure import (DEVSET_DIR, IMAGE_SUFFIXES, PROJECT_DIR, RESULTS_DIR, TEST_
                      CpuShare, Stats, describe_machine, machine, markdown_table, memory_of, mib,
                      ratio, save_results)
 
-from sophon_face.store import faces, identities, permissions
+from sophon_face.store import faces, identities, keys, permissions
+from sophon_face.store import gallery_library
 from sophon_face.store.env import Store, Txn
 from sophon_face.store.gallery import AddFace, Gallery
 
@@ -63,7 +72,10 @@ DEFAULT_DIMS = (128, 512)
 GOAL_MS = {50_000: 2.0, 1_000_000: 40.0}
 COLDSTART_GOAL_S = 5.0
 MEMORY_GOAL_RATIO = 1.2
-FIXTURE_FACES_PER_TXN = 10_000
+#: Faces per write transaction of the fixture: like a bulk import. LMDB keeps the pages the
+#: last transactions freed (copy-on-write) as free space inside the file, about 8 KB per face
+#: of a transaction: 10k would leave 70 MiB of free pages in the 1M x 512 file.
+FIXTURE_FACES_PER_TXN = 2_000
 FIXTURE_GROUPS = 10
 CONCURRENCY = (1, 4, 16)
 MODEL_CACHE = RESULTS_DIR / "models"
@@ -269,17 +281,19 @@ async def _write_fixture(data_dir: Path, n: int, dim: int) -> None:
         return None, None
 
     def batch(txn: Txn, start: int, block: np.ndarray) -> Tuple[None, None]:
+        records = []
         for offset, feature in enumerate(block):
             i = start + offset
             face_id = str(uuid.UUID(bytes=os.urandom(16), version=4))
             image_id = str(uuid.UUID(bytes=os.urandom(16), version=4))
             identity_id = f"bench-{i:08d}"
-            faces.put(txn, faces.make_record(face_id, identity_id, image_id, feature))
+            records.append(faces.make_record(face_id, identity_id, image_id, feature))
             identities.put(txn, {
                 "identity_id": identity_id, "identity_name": f"person {i}",
                 "user_type": "employee", "permission_ids": [group_ids[i % FIXTURE_GROUPS]],
                 "ext_user_info": {}, "face_ids": [face_id], "register_image_ids": [image_id],
             })
+        faces.put_many(txn, records)  # one write per feature block, as a bulk import would
         return None, None
 
     try:
@@ -341,17 +355,21 @@ def coldstart_child(data_dir: str, dim: int) -> None:
     gallery = Gallery(dim)
     store = Store(data_dir, gallery=gallery, min_free_bytes=0)
 
+    cpu: Dict[str, float] = {}
+
     async def cycle() -> Tuple[float, Dict[str, int]]:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         await store.open()
         took = time.perf_counter() - started
+        cpu["cpu_s"] = time.process_time() - cpu_started  # all threads of this process
         opened = memory_of()  # with the LMDB map still in place
         await store.close()
         return took, opened
 
     took, after = asyncio.run(cycle())
     print(json.dumps({
-        "open_s": took, "faces": gallery.count(),
+        "open_s": took, "open_cpu_s": cpu["cpu_s"], "faces": gallery.count(),
         # The groups must have been loaded too: each fixture group holds a tenth.
         "faces_in_first_group": gallery.count_in_group("bench-group-0"),
         "before": before, "after": after,
@@ -378,6 +396,7 @@ def run_coldstart(n: int, dims: Sequence[int], repeats: int) -> Dict[str, Any]:
             anon = child["after"]["anon"] - child["before"]["anon"]
             out["runs"].append({
                 "dim": dim, "page_cache": cache, "open_s": round(child["open_s"], 3),
+                "open_cpu_s": round(child.get("open_cpu_s", float("nan")), 3),
                 "process_s": round(process_s, 3), "faces": child["faces"],
                 "faces_in_first_group": child["faces_in_first_group"], "lmdb_bytes": size,
                 "fixture_build_s": build_s, "raw_bytes": raw, "gallery_anon_bytes": anon,
@@ -393,14 +412,179 @@ def coldstart_table(result: Dict[str, Any]) -> str:
     rows = []
     for r in result["runs"]:
         rows.append((r["dim"], size_label(r["faces"]), r["page_cache"], r["open_s"],
+                     r.get("open_cpu_s"), r["cpu"].get("others_cores"),
                      f"{'met' if r['open_s'] < COLDSTART_GOAL_S else 'missed'}",
                      mib(r["lmdb_bytes"]), mib(r["raw_bytes"]), mib(r["gallery_anon_bytes"]),
                      r["anon_ratio"],
                      f"{'met' if r['anon_ratio'] <= MEMORY_GOAL_RATIO else 'missed'}",
                      mib(r["file_rss_bytes"])))
-    return markdown_table(("dim", "faces", "LMDB file", "open + rebuild s", "< 5 s",
+    return markdown_table(("dim", "faces", "LMDB file", "open + rebuild s",
+                           "CPU s (all threads)", "others' cores", "< 5 s",
                            "LMDB MiB", "raw features MiB", "gallery anon MiB", "× raw",
                            "≤ 1.2×", "file-backed RSS MiB"), rows)
+
+
+# ============================================================== the 512-d gallery
+
+def reference_of(txn: Txn, dim: int) -> Tuple[np.ndarray, List[bytes], np.ndarray]:
+    """The fixture's features as one normalised float32 matrix (the exact baseline), each
+    row's face key, and each row's fixture group (identity i is in group i % 10)."""
+    index = faces.gallery_index(txn)
+    order = np.argsort(index.slots, kind="stable")
+    matrix = np.empty((len(order), dim), dtype=np.float32)
+    start = 0
+    for chunk in faces.iter_feature_rows(txn, dim, index.slots[order]):
+        matrix[start:start + len(chunk)] = chunk
+        start += len(chunk)
+    # The gallery's own routine, so both sides score the very same unit rows.
+    gallery_library.normalise_rows(matrix)
+    row_keys = [index.keys[i] for i in order.tolist()]
+    number = np.array([int(identity[len("bench-"):]) % FIXTURE_GROUPS
+                       for identity in index.identity_ids], dtype=np.int16)
+    groups = number[index.identities[order]]
+    return matrix, row_keys, groups
+
+
+#: Two float32 scores of one row computed by different BLAS kernels (matrix-matrix vs
+#: matrix-vector) differ by at most 2 * gamma_512 = 6.1e-5 (unit rows and probe); a winner
+#: ahead by more than twice that is the matrix-vector product's winner too.
+KERNEL_GAP = 1.3e-4
+
+
+def reference_answers(matrix: np.ndarray, probes: np.ndarray,
+                      rows: Optional[np.ndarray] = None, block: int = 64) -> np.ndarray:
+    """Top-1 row of every probe exactly as numpy's float32 ``matrix @ probe`` and argmax
+    gives it, optionally among ``rows`` only. Blocks of probes go through one matrix-matrix
+    product; a probe whose two best rows are closer than ``KERNEL_GAP`` (where the two
+    kernels' rounding could swap them) is answered by the matrix-vector product itself."""
+    scope = matrix if rows is None else matrix[rows]
+    out = np.empty(len(probes), dtype=np.int64)
+    rechecked = 0
+    for start in range(0, len(probes), block):
+        part = probes[start:start + block]
+        scores = scope @ part.T
+        best = np.argmax(scores, axis=0)
+        columns = np.arange(len(part))
+        top = scores[best, columns].copy()
+        scores[best, columns] = -np.inf
+        runner_up = scores.max(axis=0)
+        for j in range(len(part)):
+            if top[j] - runner_up[j] < KERNEL_GAP:
+                best[j] = int(np.argmax(scope @ part[j]))
+                rechecked += 1
+        out[start:start + len(part)] = best if rows is None else rows[best]
+    return out
+
+
+def percentiles(samples: Sequence[float]) -> Dict[str, float]:
+    values = np.asarray(samples, dtype=np.float64)
+    return {"p50": round(float(np.percentile(values, 50)), 3),
+            "p99": round(float(np.percentile(values, 99)), 3),
+            "mean": round(float(values.mean()), 3), "n": int(values.size)}
+
+
+async def _gallery_run(data_dir: Path, n: int, dim: int, timing_probes: int,
+                       agreement_probes: int, group_probes: int,
+                       kernel: Optional[str]) -> Dict[str, Any]:
+    gallery = Gallery(dim, scan_kernel=kernel)
+    store = Store(data_dir, gallery=gallery, min_free_bytes=0)
+    await store.open()
+    try:
+        return await store.read(_gallery_measure, gallery, n, dim, timing_probes,
+                                agreement_probes, group_probes)
+    finally:
+        await store.close()
+
+
+def _gallery_measure(txn: Txn, gallery: Gallery, n: int, dim: int, timing_probes: int,
+                     agreement_probes: int, group_probes: int) -> Dict[str, Any]:
+    matrix, row_keys, groups = reference_of(txn, dim)
+    row_of = {key: row for row, key in enumerate(row_keys)}
+    group_id = "bench-group-0"
+    group_rows = np.flatnonzero(groups == 0)
+
+    def ours(p: np.ndarray) -> int:
+        match = gallery.search(p, None, txn)
+        assert match is not None
+        return row_of[keys.uuid_key(match.face_id)]
+
+    def ours_in_group(p: np.ndarray) -> int:
+        match = gallery.search(p, group_id, txn)
+        assert match is not None
+        return row_of[keys.uuid_key(match.face_id)]
+
+    def plain(p: np.ndarray) -> int:
+        return int(np.argmax(matrix @ p))
+
+    def plain_in_group(p: np.ndarray) -> int:
+        return int(group_rows[np.argmax(matrix[group_rows] @ p)])
+
+    share = CpuShare().start()
+    probes, _ = probes_for(matrix, timing_probes, seed=n + dim)
+    times, answers = take_turns([("gallery", ours), ("numpy", plain)], probes)
+    group_times, group_answers = take_turns(
+        [("gallery", ours_in_group), ("numpy", plain_in_group)], probes[:max(50, len(probes) // 4)])
+    timing_cpu = share.stop()
+    # Agreement on many more probes (untimed): the gallery one probe at a time, the
+    # reference in blocks (a matrix product is the same float32 arithmetic per probe).
+    started = time.perf_counter()
+    many, _ = probes_for(matrix, agreement_probes, seed=n + dim + 1)
+    got = np.array([ours(p) for p in many])
+    gallery_s = time.perf_counter() - started
+    want = reference_answers(matrix, many)
+    group_many = many[:group_probes]
+    got_group = np.array([ours_in_group(p) for p in group_many])
+    want_group = reference_answers(matrix, group_many, group_rows)
+    disagreements = [{"probe": int(i), "gallery_row": int(got[i]), "numpy_row": int(want[i]),
+                      "gallery_score": float(matrix[got[i]] @ many[i]),
+                      "numpy_score": float(matrix[want[i]] @ many[i])}
+                     for i in np.flatnonzero(got != want)[:10].tolist()]
+    return {
+        "n": n, "dim": dim, "kernel": gallery.scan_kernel,
+        "gallery_ms": percentiles(times["gallery"]), "numpy_ms": percentiles(times["numpy"]),
+        "timing_agreement": float(np.mean(np.array(answers["gallery"]) ==
+                                          np.array(answers["numpy"]))),
+        "group_faces": int(group_rows.size),
+        "group_gallery_ms": percentiles(group_times["gallery"]),
+        "group_numpy_ms": percentiles(group_times["numpy"]),
+        "agreement_probes": int(len(many)),
+        "top1_agreement": float(np.mean(got == want)),
+        "group_agreement_probes": int(len(group_many)),
+        "group_top1_agreement": float(np.mean(got_group == want_group)),
+        "disagreements": disagreements,
+        "agreement_gallery_ms_mean": round(gallery_s * 1000.0 / max(1, len(many)), 3),
+        "cpu": timing_cpu,
+    }
+
+
+def run_gallery(sizes: Sequence[int], dim: int, timing_probes: int, agreement_probes: int,
+                group_probes: int, kernel: Optional[str] = None) -> Dict[str, Any]:
+    rows = []
+    for n in sorted(sizes):
+        data_dir, _ = ensure_fixture(n, dim)
+        rows.append(asyncio.run(_gallery_run(data_dir, n, dim, timing_probes,
+                                             agreement_probes, group_probes, kernel)))
+        gc.collect()
+        r = rows[-1]
+        print(f"  gallery d{dim} {size_label(n)}: {r['gallery_ms']['p50']:.1f} ms vs numpy "
+              f"{r['numpy_ms']['p50']:.1f} ms, agreement {r['top1_agreement']:.4f}",
+              file=sys.stderr)
+    return {"rows": rows}
+
+
+def gallery_table(result: Dict[str, Any]) -> str:
+    out = []
+    for r in result["rows"]:
+        g, npy = r["gallery_ms"], r["numpy_ms"]
+        out.append((size_label(r["n"]), r["kernel"], npy["p50"], npy["p99"], g["p50"], g["p99"],
+                    ratio(npy["p50"], g["p50"]),
+                    f"{100 * r['top1_agreement']:.2f} % of {r['agreement_probes']}",
+                    f"{r['group_numpy_ms']['p50']:.2f} / {r['group_gallery_ms']['p50']:.2f}",
+                    f"{100 * r['group_top1_agreement']:.2f} % of {r['group_agreement_probes']}",
+                    r["cpu"].get("others_cores")))
+    return markdown_table(("faces", "scan", "numpy fp32 p50 ms", "p99", "gallery p50 ms", "p99",
+                           "speed-up", "top-1 = numpy", "group of 10 %: numpy / gallery p50 ms",
+                           "group top-1 = numpy", "others' cores"), out)
 
 
 # ============================================================== enrolment
@@ -577,8 +761,8 @@ def enrol_table(result: Dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="search,coldstart,enrol",
-                        help="comma-separated sections: search, coldstart, enrol")
+    parser.add_argument("--only", default="search,gallery,coldstart,enrol",
+                        help="comma-separated sections: search, gallery, coldstart, enrol")
     parser.add_argument("--sizes", default=",".join(size_label(s) for s in DEFAULT_SIZES))
     parser.add_argument("--dims", default=",".join(str(d) for d in DEFAULT_DIMS))
     parser.add_argument("--probes", type=int, default=200)
@@ -586,6 +770,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--coldstart-dims", default="128,512")
     parser.add_argument("--coldstart-repeats", type=int, default=2,
                         help="first with the LMDB file evicted from the page cache, then cached")
+    parser.add_argument("--gallery-sizes", default="100k,1M",
+                        help="section gallery: fixture sizes (512-d, store-backed gallery)")
+    parser.add_argument("--gallery-dim", type=int, default=512)
+    parser.add_argument("--gallery-kernel", default=None, choices=("simsimd", "numpy"),
+                        help="the gallery's int8 kernel (default: simsimd when installed)")
+    parser.add_argument("--timing-probes", type=int, default=300)
+    parser.add_argument("--agreement-probes", type=int, default=10_000)
+    parser.add_argument("--group-probes", type=int, default=1000)
     parser.add_argument("--feature-requests", type=int, default=1500)
     parser.add_argument("--image-requests", type=int, default=120)
     parser.add_argument("--threads", type=int, default=2, help="daemon intra-op threads")
@@ -599,6 +791,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if args.quick:
         args.sizes, args.dims, args.probes = "10k,50k", "128", 50
+        args.gallery_sizes, args.timing_probes = "100k", 100
+        args.agreement_probes, args.group_probes = 1000, 200
         args.coldstart_faces, args.coldstart_dims = "100k", "128"
         args.feature_requests, args.image_requests = 300, 24
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -625,6 +819,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         f"{r.get('faiss_agrees_with_numpy', float('nan')):.3f}" for r in disagree)) + "\n")
         print("### Gallery built by apply() (in-process RssAnon delta; capacity grows 1.25x)\n")
         print(memory_table(result) + "\n")
+    if "gallery" in sections:
+        result = run_gallery([parse_size(x) for x in args.gallery_sizes.split(",")],
+                             args.gallery_dim, args.timing_probes, args.agreement_probes,
+                             args.group_probes, args.gallery_kernel)
+        payload["gallery"] = result
+        print(f"## The {args.gallery_dim}-d gallery: int8 scan + exact re-ranking vs numpy's "
+              "exact float32 matrix-vector product (same process, same probes)\n")
+        print(gallery_table(result) + "\n")
     if "coldstart" in sections:
         result = run_coldstart(parse_size(args.coldstart_faces),
                                [int(d) for d in args.coldstart_dims.split(",")],

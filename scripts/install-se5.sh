@@ -21,6 +21,7 @@ PINS=(
     pyyaml==6.0.3
     prometheus-client==0.21.1  # pure Python; the newest release for Python 3.8
     tqdm==4.67.1  # pure Python
+    simsimd==6.5.16  # cp38 aarch64 wheel
 )
 PIP_PIN=pip==25.0.1  # the last pip for Python 3.8; Ubuntu 20.04's venv brings pip 20.0
 

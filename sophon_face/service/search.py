@@ -144,7 +144,7 @@ def search_and_read(txn: Txn, gallery: Gallery, probe: np.ndarray, group_id: Opt
     """The best match in scope and its identity, read in the same read transaction right
     after the search (None: the scope is empty). ``photo_from_score``: the registration
     photo is read when the score reaches it (0 to always read it)."""
-    match = gallery.search(probe, group_id)
+    match = gallery.search(probe, group_id, txn)
     if match is None:
         return None
     score = cosine_to_score(match.score, match_cosine)

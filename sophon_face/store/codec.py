@@ -5,8 +5,10 @@ every version up to the one it knows and refuses newer ones with ``StoreFormatEr
 downgraded daemon stops with a clear message instead of misreading data written by a newer
 one. No pickle: the data directory must never be able to run code.
 
-Features are stored as raw little-endian float32 bytes (a msgpack ``bin``) inside the face
-record: compact, independent of the numpy version, and readable in one ``np.frombuffer``.
+Features are raw little-endian float32 bytes: compact, independent of the numpy version, and
+readable in one ``np.frombuffer``. Since store layout 3 they live in blocks of rows beside the
+face records (faces.py: a 512-d feature no longer fills a 4 KB LMDB overflow page of its own);
+a schema-1 face record still carries its feature inline, and is read as such.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import numpy as np
 #: meaning, and teach ``unpack`` to upgrade the older form.
 SCHEMA_VERSIONS: Dict[str, int] = {
     "identity": 1,
-    "face": 1,
+    # 2: the feature moved to a block row (field "s", the slot); short field names, as the
+    # record is stored once per face (faces.py, FACE_FIELDS).
+    "face": 2,
     "permission": 1,
     "device": 1,
     "event": 1,
@@ -38,9 +42,8 @@ REQUIRED_FIELDS: Dict[str, FrozenSet[str]] = {
         "identity_id", "identity_name", "user_type", "permission_ids", "ext_user_info",
         "face_ids", "register_image_ids", "seq", "created_at",
     }),
-    "face": frozenset({
-        "face_id", "identity_id", "register_image_id", "feature", "dim", "created_at",
-    }),
+    # The stored form of schema 2 (faces.py maps it to and from the public record).
+    "face": frozenset({"i", "r", "d", "s", "t"}),
     "permission": frozenset({"permission_id", "permission_name", "description", "seq"}),
     "push": frozenset({"delivered"}),
     "event": frozenset({

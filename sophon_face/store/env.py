@@ -60,7 +60,9 @@ DB_NAMES: Tuple[str, ...] = (
     "identities",        # identity key -> identity record
     "identity_order",    # seq key -> identity key (creation order, for getidentities)
     "group_members",     # permission key -> identity keys (dupsort; identities.py keeps it)
-    "faces",             # face key (16-byte UUID) -> face record with its feature
+    "faces",             # face key (16-byte UUID) -> face record (its feature's slot)
+    "features",          # dim + block number -> feature rows of that block (faces.py)
+    "feature_free",      # dim + slot number -> b"" for each free feature slot (faces.py)
     "images",            # register image key (16-byte UUID) -> JPEG bytes as received
     "permissions",       # permission key -> permission record
     "permission_names",  # permission name key -> permission key (names are unique)
@@ -105,6 +107,8 @@ class Databases:
     identity_order: Any
     group_members: Any
     faces: Any
+    features: Any
+    feature_free: Any
     images: Any
     permissions: Any
     permission_names: Any
@@ -336,6 +340,9 @@ class Store:
     def _open_env(self) -> None:
         self._writer_thread_id = threading.get_ident()
         os.makedirs(self._path, mode=0o700, exist_ok=True)
+        # A layout change that rewrites the file (migrations.py); a no-op for current stores.
+        from sophon_face.store import migrations  # imports this module
+        migrations.upgrade_layout(self._path)
         env = lmdb.open(
             self._path,
             map_size=self._initial_map_size_bytes,

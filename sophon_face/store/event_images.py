@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Set, Tuple
 
+from sophon_face.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FACE = "face"
@@ -88,7 +90,7 @@ class EventImageFiles:
             finally:
                 os.close(fd)
             os.replace(str(tmp), str(path))
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return True
         except OSError as exc:
             log.warning("event image %s not stored in %s: %s", image_id_, path.parent, exc)
@@ -185,9 +187,3 @@ def _day_dirs(base: Path) -> Iterator[Path]:
             yield Path(entry.path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

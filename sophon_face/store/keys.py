@@ -15,6 +15,8 @@ Three key shapes exist:
   accept ``"{...}"``, upper case or hex without dashes as the same key.
 * **Sequence numbers** (creation order) and event ids: 8-byte big-endian unsigned integers,
   so that LMDB's bytewise key order is numeric order.
+* **Feature blocks and slots** (faces.py): the feature dimension (2 bytes) then the block or
+  slot number (4 bytes), big-endian, so one dimension's blocks are contiguous and in order.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from typing import Optional
+from typing import Optional, Tuple
 
 #: Longest UTF-8 client string stored inline (tag byte + string). 254 keeps one key at
 #: 255 bytes, so two client keys can later be joined into one composite key (e.g. a
@@ -33,6 +35,7 @@ MAX_INLINE_ID_BYTES = 254
 _INLINE_TAG = b"\x00"
 _DIGEST_TAG = b"\x01"
 _U64 = struct.Struct(">Q")
+_DIM_NUMBER = struct.Struct(">HI")
 
 
 def client_string_key(value: str) -> bytes:
@@ -115,3 +118,24 @@ def setting_key(name: str) -> bytes:
 def meta_key(name: str) -> bytes:
     """Key of a store-internal value in the ``meta`` database (counters, layout version)."""
     return name.encode("ascii")
+
+
+def feature_block_key(dim: int, block: int) -> bytes:
+    """Key of a block of feature rows of dimension ``dim`` (faces.py)."""
+    return _DIM_NUMBER.pack(dim, block)
+
+
+def feature_slot_key(dim: int, slot: int) -> bytes:
+    """Key of a free feature slot of dimension ``dim`` (faces.py)."""
+    return _DIM_NUMBER.pack(dim, slot)
+
+
+def feature_dim_prefix(dim: int) -> bytes:
+    """The leading bytes shared by every block and slot key of ``dim``."""
+    return _DIM_NUMBER.pack(dim, 0)[:2]
+
+
+def dim_number_from_key(key: bytes) -> Tuple[int, int]:
+    """``(dim, number)`` of a feature block or slot key."""
+    dim, number = _DIM_NUMBER.unpack(bytes(key))
+    return dim, number

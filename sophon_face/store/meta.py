@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from sophon_face.store import keys
 from sophon_face.store.codec import StoreFormatError
@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 #: Version of the key layout and database set (keys.py, env.DB_NAMES). Bump it when keys
 #: change shape; an older daemon then refuses the directory instead of misreading it.
 #: 1: first layout. 2: adds the ``group_members`` index (built from the identities).
-LAYOUT_VERSION = 2
+#: 3: features packed in blocks beside schema-2 face records (faces.py); a store holding
+#: schema-1 faces is rebuilt in the new layout before it opens (migrations.py).
+LAYOUT_VERSION = 3
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,12 @@ def next_seq(txn: Txn) -> int:
     seq = 1 if raw is None else _U64.unpack(raw)[0]
     txn.raw.put(_NEXT_SEQ, _U64.pack(seq + 1), db=txn.dbs.meta)
     return seq
+
+
+def layout_version(txn: Txn) -> Optional[int]:
+    """The layout version the store is stamped with; None for a store never opened."""
+    raw = txn.raw.get(_LAYOUT, db=txn.dbs.meta)
+    return None if raw is None else _U64.unpack(raw)[0]
 
 
 def check_layout(txn: Txn) -> None:

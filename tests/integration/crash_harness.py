@@ -307,7 +307,7 @@ async def _read_store(data_dir: Path, dim: int) -> StoreContents:
     try:
         idents, face_records, blobs, ordered, entries, order_error = await store.read(_collect)
         assert store.gallery is not None
-        snapshot = store.gallery.snapshot()
+        snapshot = await store.read(store.gallery.snapshot)  # exact rows: in LMDB
     finally:
         await store.close()
     return StoreContents(idents, face_records, blobs, ordered, entries, order_error, snapshot)

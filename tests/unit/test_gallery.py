@@ -13,7 +13,7 @@ import pytest
 
 from sophon_face.store import (
     AddFace, Gallery, RemoveFace, RemoveGroup, RemoveIdentity, SetGroups, Store, faces,
-    gallery as gallery_module, identities,
+    gallery as gallery_module, gallery_library, identities,
 )
 from sophon_face.store.gallery import FeatureDimMismatch
 
@@ -114,7 +114,7 @@ def test_empty_scopes_return_none():
 
 @pytest.mark.parametrize("gather_fraction", [0.0, 1.1], ids=["score-all", "gather"])
 def test_group_scoped_search_is_exact(monkeypatch, gather_fraction):
-    monkeypatch.setattr(gallery_module, "GATHER_FRACTION", gather_fraction)
+    monkeypatch.setattr(gallery_library, "GATHER_FRACTION", gather_fraction)
     rng = np.random.default_rng(2)
     gallery, model = Gallery(DIM), Model()
     group_names = ["g0", "g1", "g2", "big"]
@@ -219,11 +219,11 @@ def test_capacity_grows_by_a_quarter_and_shrinks_after_mass_removal():
     face_ids = [new_id() for _ in range(20000)]
     for face_id, feature in zip(face_ids, unit_rows(rng, 20000)):
         gallery.add(face_id, "p", feature)
-    capacity = gallery._lib.matrix.shape[0]
+    capacity = gallery._lib.codes.shape[0]
     assert 20000 <= capacity <= int(20000 * 1.25) + 1
     for face_id in face_ids[:19000]:
         gallery.remove_face(face_id)
-    assert gallery._lib.matrix.shape[0] <= 2 * 1000 + gallery_module.MIN_CAPACITY
+    assert gallery._lib.codes.shape[0] <= 2 * 1000 + gallery_module.MIN_CAPACITY
     assert gallery.count() == 1000
 
 
@@ -336,25 +336,31 @@ def test_rebuild_from_lmdb_equals_the_incremental_gallery(tmp_path):
         await store.read(rebuilt.load_from_txn)
         stored_count = await store.read(faces.count)
         incremental = store.gallery
+        # Both hold their exact features in LMDB: compared inside read transactions.
+        snapshots = await store.read(lambda t: (incremental.snapshot(t), rebuilt.snapshot(t)))
+        probes = unit_rows(rng, 20)
+        answers = await store.read(lambda t: [
+            (incremental.search(probe, group, t), rebuilt.search(probe, group, t))
+            for probe in probes for group in ("a", "b", "c", None)])
         await store.close()
-        return incremental, rebuilt, stored_count
+        return incremental, rebuilt, stored_count, snapshots, answers
 
-    incremental, rebuilt, stored_count = run(scenario())
-    inc, reb = incremental.snapshot(), rebuilt.snapshot()
+    incremental, rebuilt, stored_count, (inc, reb), answers = run(scenario())
     assert len(inc.face_ids) == len(reb.face_ids) == stored_count > 0
-    inc_rows = {f: (i, row) for f, i, row in zip(inc.face_ids, inc.identity_ids, inc.matrix)}
-    for face_id, identity_id, row in zip(reb.face_ids, reb.identity_ids, reb.matrix):
+    inc_rows = {f: (i, row, code) for f, i, row, code
+                in zip(inc.face_ids, inc.identity_ids, inc.matrix, inc.codes)}
+    for face_id, identity_id, row, code in zip(reb.face_ids, reb.identity_ids, reb.matrix,
+                                               reb.codes):
         assert inc_rows[face_id][0] == identity_id
         assert np.array_equal(inc_rows[face_id][1], row)
+        assert np.array_equal(inc_rows[face_id][2], code)  # the same codes, bit for bit
     for group in ("a", "b", "c"):
         assert incremental.count_in_group(group) == rebuilt.count_in_group(group)
-    for probe in unit_rows(rng, 20):
-        for group in ("a", "b", "c", None):
-            expected, got = incremental.search(probe, group), rebuilt.search(probe, group)
-            # Same face; the score may differ in the last bit because BLAS blocks rows
-            # differently when they sit at other positions.
-            assert got[:2] == expected[:2]
-            assert got.score == pytest.approx(expected.score, abs=1e-6)
+    for expected, got in answers:
+        # Same face; the score may differ in the last bit because BLAS blocks rows
+        # differently when they sit at other positions.
+        assert got[:2] == expected[:2]
+        assert got.score == pytest.approx(expected.score, abs=1e-6)
 
 
 def test_rebuild_refuses_features_of_another_dimension(tmp_path):

@@ -316,6 +316,59 @@ def test_faces_and_images_repositories(store_factory):
     assert counts == (0, False)
 
 
+def test_features_live_in_blocks_beside_small_records(store_factory):
+    """Layout 3: slots fill blocks in order, a deleted face's row is zeroed and its slot is
+    reused first, an overwritten face keeps its slot, and no record needs an overflow page
+    (a 512-d feature inline used to take a 4 KB page per face)."""
+    dim = 512
+    per_block = faces.rows_per_block(dim)
+    rng = np.random.default_rng(21)
+    count = per_block + 5  # spills into a second block
+    records = [faces.make_record(str(uuid.uuid4()), f"p{i}", str(uuid.uuid4()),
+                                 unit(rng, dim), created_at=1.5 + i) for i in range(count)]
+
+    def slot_of(txn, face_id):
+        return faces.decode(txn.raw.get(keys.face_key(face_id), db=txn.dbs.faces)).slot
+
+    def row_of(txn, slot):
+        block = txn.raw.get(keys.feature_block_key(dim, slot // per_block), db=txn.dbs.features)
+        return np.frombuffer(block, "<f4").reshape(per_block, dim)[slot % per_block]
+
+    async def scenario():
+        store = store_factory(gallery=Gallery(dim))
+        await store.open()
+        await store.write(lambda t: (faces.put_many(t, records[:10]), None))
+        for record in records[10:]:
+            await store.write(lambda t, r=record: (faces.put(t, r), None))
+        slots = await store.read(lambda t: [slot_of(t, r["face_id"]) for r in records])
+        stats = await store.read(lambda t: (t.raw.stat(t.dbs.faces), t.raw.stat(t.dbs.features),
+                                            faces.next_slot(t, dim)))
+        victim = records[3]
+        await store.write(lambda t: (faces.delete(t, victim["face_id"]), None))
+        zeroed = await store.read(lambda t: row_of(t, slots[3]).copy())
+        newcomer = faces.make_record(str(uuid.uuid4()), "q", str(uuid.uuid4()), unit(rng, dim))
+        await store.write(lambda t: (faces.put(t, newcomer), None))
+        changed = dict(records[5], feature=unit(rng, dim).astype("<f4").tobytes())
+        await store.write(lambda t: (faces.put(t, changed), None))
+        after = await store.read(lambda t: (slot_of(t, newcomer["face_id"]),
+                                            slot_of(t, changed["face_id"]),
+                                            faces.get(t, changed["face_id"]),
+                                            faces.get(t, records[-1]["face_id"]),
+                                            t.entries(t.dbs.feature_free)))
+        return slots, stats, zeroed, after, changed
+
+    slots, (face_stat, block_stat, next_slot), zeroed, after, changed = run(scenario())
+    assert slots == list(range(count)) and next_slot == count
+    assert face_stat["overflow_pages"] == 0 and block_stat["entries"] == 2
+    assert block_stat["overflow_pages"] == 2 * -(-(faces.block_bytes(dim) + 16) // 4096)
+    assert not zeroed.any()  # the deleted feature is gone from the live data
+    new_slot, changed_slot, changed_record, last_record, free = after
+    assert new_slot == slots[3] and changed_slot == slots[5] and free == 0
+    assert changed_record["feature"] == changed["feature"] != records[5]["feature"]
+    assert changed_record["identity_id"] == "p5" and changed_record["created_at"] == 6.5
+    assert last_record == records[-1]  # every field round-trips
+
+
 def test_capacity_check_counts_inside_the_transaction(store_factory):
     rng = np.random.default_rng(11)
 
@@ -352,7 +405,7 @@ def test_a_failed_write_leaves_store_and_gallery_untouched(store_factory):
         await store.open()
         await store.write(create_identity, "real", unit(rng))
         before = await store.read(snapshot_counts)
-        gallery_before = store.gallery.snapshot()
+        gallery_before = await store.read(store.gallery.snapshot)
         with pytest.raises(IdNotFound):
             await store.write(half_then_fail)
         with pytest.raises(TypeError, match="must return"):
@@ -363,7 +416,8 @@ def test_a_failed_write_leaves_store_and_gallery_untouched(store_factory):
         # The sequence counter did not move either: the next identity gets seq 2.
         await store.write(lambda t: (identities.put(t, identity_record("next")), None))
         nxt = await store.read(identities.require, "next")
-        return before, after, missing, gallery_before, store.gallery.snapshot(), nxt
+        gallery_after = await store.read(store.gallery.snapshot)
+        return before, after, missing, gallery_before, gallery_after, nxt
 
     before, after, missing, gallery_before, gallery_after, nxt = run(scenario())
     assert before == after and missing == (None, None)
@@ -380,8 +434,9 @@ def test_face_is_searchable_as_soon_as_the_write_returns(store_factory):
         store = store_factory()
         await store.open()
         face_id = await store.write(create_identity, "p", feature, b"jpeg", ["g"])
-        # No await between the write and the search: the gallery already has it.
-        return face_id, store.gallery.search(feature), store.gallery.search(feature, "g")
+        # The next read already finds it (its exact feature is read in that transaction).
+        hit = await store.read(store.gallery.search_in, feature, None)
+        return face_id, hit, await store.read(store.gallery.search_in, feature, "g")
 
     face_id, hit, group_hit = run(scenario())
     assert hit.face_id == face_id and hit.identity_id == "p" and hit.score == pytest.approx(1)
@@ -399,7 +454,7 @@ def test_a_gallery_failure_after_commit_rebuilds_from_lmdb(store_factory):
         store = store_factory()
         await store.open()
         face_id = await store.write(create_with_bad_change)
-        return face_id, store.gallery.snapshot()
+        return face_id, await store.read(store.gallery.snapshot)
 
     face_id, snap = run(scenario())
     assert snap.face_ids == [face_id]
@@ -414,14 +469,16 @@ def test_persistence_across_close_and_reopen(store_factory):
         await store.open()
         ids = [await store.write(create_identity, f"p{i}", f, b"jpeg", ["g"] if i % 2 else [])
                for i, f in enumerate(features)]
+        snapshot = await store.read(store.gallery.snapshot)
         await store.close()
-        return ids, store.gallery.snapshot()
+        return ids, snapshot
 
     async def second():
         store = store_factory()
         await store.open()
         order = await store.read(lambda t: [r["identity_id"] for r in identities.iter_in_order(t)])
-        return order, store.gallery.snapshot(), store.gallery.count_in_group("g")
+        snapshot = await store.read(store.gallery.snapshot)
+        return order, snapshot, store.gallery.count_in_group("g")
 
     ids, snap_before = run(first())
     order, snap_after, in_group = run(second())
