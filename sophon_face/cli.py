@@ -1,6 +1,6 @@
-"""``sophon-face``: serve | health | check-config | import | export. The only module that exits.
+"""``sophon-face``: serve | health | check-config | import | export | backup | restore.
 
-Contract relied on by scripts and the systemd unit:
+The only module that exits. Contract relied on by scripts and the systemd unit:
   sophon-face serve [--config FILE] [--host H] [--port N] [--ws-port N] [--data-dir DIR]
                     [--image-root DIR ...]
   sophon-face health [--url URL]      stdlib only; exit 0 healthy, 1 otherwise; one line
@@ -8,6 +8,11 @@ Contract relied on by scripts and the systemd unit:
   sophon-face import SOURCE [--url URL | --data-dir DIR [--config FILE]] [--group NAME]
                      [--workers N] [--fiqa-level L] [--resume]   (tools/bulk_import.py)
   sophon-face export DIR [--url URL | --data-dir DIR [--config FILE]]
+  sophon-face backup FILE [--data-dir DIR] [--config FILE] [--with-event-images]
+                     the daemon may run; exit 0 written, 1 failed, 2 bad usage (tools/backup.py)
+  sophon-face restore FILE [--data-dir DIR] [--config FILE] [--discard-old]
+                      [--ignore-recognizer-model]   the daemon stopped; exit 0 restored,
+                      1 refused or failed (the store unchanged), 2 bad usage (tools/restore.py)
 
 ``serve`` speaks systemd's notify protocol when started with NOTIFY_SOCKET (Type=notify):
 READY=1 once it really serves, WATCHDOG=1 from the event loop, STOPPING=1 on SIGTERM.
@@ -29,8 +34,10 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, Awaitable, Dict, List, Optional
 
 from .sdnotify import Notifier, feed_watchdog, watchdog_ping_interval_s
+from .tools.backup import add_backup_arguments, backup_main
 from .tools.bulk_import import add_import_arguments, import_main  # stdlib-only imports
 from .tools.export import add_export_arguments, export_main
+from .tools.restore import add_restore_arguments, restore_main
 
 if TYPE_CHECKING:
     from .config import Config
@@ -62,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", help="configuration file (default: embedded defaults)")
     add_import_arguments(sub.add_parser("import", help="register a photo folder tree or CSV"))
     add_export_arguments(sub.add_parser("export", help="write the gallery as photos and CSV"))
+    add_backup_arguments(sub.add_parser("backup",
+                                        help="consistent copy of a store (daemon may run)"))
+    add_restore_arguments(sub.add_parser("restore", help="put a backup back (daemon stopped)"))
     return parser
 
 
@@ -228,7 +238,8 @@ def _check_config(args: argparse.Namespace) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"serve": _serve, "health": _health, "check-config": _check_config,
-                "import": import_main, "export": export_main}
+                "import": import_main, "export": export_main,
+                "backup": backup_main, "restore": restore_main}
     return handlers[args.command](args)
 
 
