@@ -97,6 +97,24 @@ def unpack(kind: str, data: bytes) -> Dict[str, Any]:
     return record
 
 
+def pack_list(values: Any) -> bytes:
+    """A plain msgpack list, without a schema version: for parts of a record whose layout
+    the store layout version covers (the owners of a feature block, faces.py)."""
+    return msgpack.packb(values, use_bin_type=True, unicode_errors="surrogatepass")
+
+
+def unpack_list(data: bytes) -> Any:
+    """Inverse of ``pack_list``; ``StoreFormatError`` for anything but a msgpack list."""
+    try:
+        values = msgpack.unpackb(data, raw=False, use_list=True,
+                                 unicode_errors="surrogatepass")
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise StoreFormatError(f"not a valid msgpack list: {exc}") from exc
+    if not isinstance(values, list):
+        raise StoreFormatError("not a msgpack list")
+    return values
+
+
 def storable(value: Any, max_depth: int = 64, depth: int = 0) -> bool:
     """True when a free-form JSON value can be packed here and given back as valid JSON:
     integers msgpack can encode ([-2**63, 2**64)), finite floats (Python's JSON parser

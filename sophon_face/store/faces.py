@@ -11,19 +11,23 @@ Layout (store layout 3). A 512-d feature is 2048 bytes: inside its record it pas
 on disk, and a rebuild that read every one of those pages). Features now live apart, packed:
 
 * ``features``: key (dim, block) -> ``rows_per_block(dim)`` rows of ``dim`` float32, one row
-  per *slot*: slot s is row ``s % R`` of block ``s // R``. A block is at most 128 KiB less
-  the 16-byte header of LMDB's first overflow page, so it fills whole pages (63 rows of 512-d
-  in 32 pages of 4 KiB: 1.6 % waste). A free slot's row is zeros, so deleting a face also
-  erases its feature from the live data.
+  per *slot* (slot s is row ``s % R`` of block ``s // R``), then the block's *owners*: a
+  msgpack list of two lists, the face key (16 bytes) and the identity id of every row, None
+  for a free row. A block is at most 128 KiB less the 16-byte header of LMDB's first
+  overflow page, so it fills whole pages: 62 rows of 512-d and up to 4080 bytes of owners
+  in 32 pages of 4 KiB (identity ids of up to ~45 characters fit; longer ones make the
+  block take one more page). A free slot's row is zeros, so deleting a face also erases its
+  feature from the live data. The owners let a cold start build the gallery from the blocks
+  alone: one small msgpack list per 62 faces instead of a million face records.
 * ``feature_free``: (dim, slot) of every free slot. The lowest is reused first, so blocks stay
   dense. Slots above the ``next slot`` counter (in ``meta``) were never handed out.
 * ``faces``: face key -> the record without its feature but with its slot (schema 2), in
   short field names (``FACE_FIELDS``): about 65 bytes, where the field names alone took 70.
 
-A face's record, its block row, the free list and the counter change in the caller's write
-transaction: a face and its feature commit together or not at all. Writing one face rewrites
-its block (128 KiB), so ``put_many`` groups a batch by block, and ``FaceCopier`` (the store
-migration) writes each block once, by appending.
+A face's record, its block row and owner, the free list and the counter change in the
+caller's write transaction: a face and its feature commit together or not at all. Writing one
+face rewrites its block (128 KiB), so ``put_many`` groups a batch by block, and ``FaceCopier``
+(the store migration) writes each block once, by appending.
 
 Schema-1 records (layout 2 and older) carry the feature inline; they are still read, so the
 migration (migrations.py) reads an old store through this module.
@@ -45,11 +49,15 @@ from sophon_face.store.env import Txn
 
 KIND = "face"
 
-#: Bytes one block of feature rows may take: 128 KiB less the 16-byte header of LMDB's first
-#: overflow page, so a block fills whole pages on 4, 16 and 64 KiB page systems alike (63
-#: rows of 512-d in 32 pages of 4 KiB: 1.6 % waste; 64 KiB blocks would waste 3.1 %). Part
-#: of store layout 3: changing it moves every feature (a layout version bump).
+#: Bytes one block (rows and owners) may take: 128 KiB less the 16-byte header of LMDB's
+#: first overflow page, so a block fills whole pages on 4, 16 and 64 KiB page systems alike
+#: (62 rows of 512-d in 32 pages of 4 KiB, 3.1 % of them left to the owners). Part of store
+#: layout 3: changing it moves every feature (a layout version bump).
 FEATURE_BLOCK_BYTES = 128 * 1024 - 16
+#: Bytes set aside per row for its owner when sizing a block: at 512-d this leaves 62 rows
+#: and 4080 bytes for the owners, ~65 per row, of which the face key takes 18 in msgpack.
+#: Part of store layout 3, like ``FEATURE_BLOCK_BYTES``.
+OWNER_BYTES_PER_ROW = 48
 
 #: Public field -> its name in the stored record (schema 2). The record is stored once per
 #: face, so one-letter names save 60 bytes per face (3 % of the disk at 1M x 512).
@@ -60,12 +68,49 @@ _U64_BYTES = 8
 
 
 def rows_per_block(dim: int) -> int:
-    """Feature rows of dimension ``dim`` in one block (63 at 512-d, 255 at 128-d)."""
-    return max(1, FEATURE_BLOCK_BYTES // (dim * FEATURE_DTYPE.itemsize))
+    """Feature rows of dimension ``dim`` in one block (62 at 512-d, 232 at 128-d)."""
+    return max(1, FEATURE_BLOCK_BYTES // (dim * FEATURE_DTYPE.itemsize + OWNER_BYTES_PER_ROW))
 
 
 def block_bytes(dim: int) -> int:
+    """Bytes of a block's rows (its owners follow them)."""
     return rows_per_block(dim) * dim * FEATURE_DTYPE.itemsize
+
+
+class Owners(NamedTuple):
+    """Who holds each row of a block: face key and identity id, None for a free row."""
+
+    face_keys: List[Optional[bytes]]
+    identity_ids: List[Optional[str]]
+
+
+def _free_owners(dim: int) -> Owners:
+    per_block = rows_per_block(dim)
+    return Owners([None] * per_block, [None] * per_block)
+
+
+def _block_value(rows: Any, owners: Owners) -> bytes:
+    return bytes(rows) + codec.pack_list([owners.face_keys, owners.identity_ids])
+
+
+def _owners_of(data: Optional[bytes], dim: int, block: int) -> Owners:
+    """The owners of a stored block (its rows are ``data[:block_bytes(dim)]``); refuses a
+    missing or garbled block."""
+    size = block_bytes(dim)
+    if data is None or len(data) <= size:
+        raise StoreFormatError(f"feature block {block} of dimension {dim} is missing or "
+                               "has the wrong size")
+    try:
+        face_keys, identity_ids = codec.unpack_list(data[size:])
+        owners = Owners(face_keys, identity_ids)
+    except (TypeError, ValueError) as exc:
+        raise StoreFormatError(f"feature block {block} of dimension {dim}: garbled owners "
+                               f"({exc!r})") from exc
+    if len(owners.face_keys) != rows_per_block(dim) or \
+            len(owners.identity_ids) != rows_per_block(dim):
+        raise StoreFormatError(f"feature block {block} of dimension {dim}: owners of "
+                               f"{len(owners.face_keys)} rows, not {rows_per_block(dim)}")
+    return owners
 
 
 def make_record(face_id: str, identity_id: str, register_image_id: str,
@@ -262,10 +307,11 @@ def iter_feature_rows(txn: Txn, dim: int, slots: np.ndarray,
         key = keys.feature_block_key(dim, block)
         data = cursor.value() if cursor.key() == key else (
             cursor.value() if cursor.set_key(key) else None)
-        if data is None or len(data) != size:
+        if data is None or len(data) <= size:
             raise StoreFormatError(f"feature block {block} of dimension {dim} is missing or "
                                    "has the wrong size")
-        rows = np.frombuffer(data, dtype=FEATURE_DTYPE).reshape(per_block, dim)
+        rows = np.frombuffer(data, dtype=FEATURE_DTYPE, count=per_block * dim).reshape(
+            per_block, dim)
         wanted = slots[start:end] - block * per_block
         taken = 0
         while taken < len(wanted):
@@ -280,6 +326,63 @@ def iter_feature_rows(txn: Txn, dim: int, slots: np.ndarray,
         cursor.next()
     if filled:
         yield chunk[:filled]
+
+
+class Block(NamedTuple):
+    """A feature block as the gallery rebuild reads it."""
+
+    number: int
+    rows: np.ndarray  # (rows_per_block(dim), dim) float32, a read-only view of the value
+    owners: Owners
+
+
+def iter_blocks(txn: Txn, dim: int) -> Iterator[Block]:
+    """Every block of ``dim`` with its owners, in key order: the cold start's one pass over
+    the features, which needs no face record (the owners say which face each row is)."""
+    prefix = keys.feature_dim_prefix(dim)
+    per_block = rows_per_block(dim)
+    count = per_block * dim
+    cursor = txn.raw.cursor(db=txn.dbs.features)
+    if not cursor.set_range(prefix):
+        return
+    for key, data in cursor.iternext(keys=True, values=True):
+        if key[:len(prefix)] != prefix:
+            break
+        block = keys.dim_number_from_key(key)[1]
+        owners = _owners_of(data, dim, block)
+        rows = np.frombuffer(data, dtype=FEATURE_DTYPE, count=count).reshape(per_block, dim)
+        yield Block(block, rows, owners)
+
+
+def feature_dims(txn: Txn) -> List[int]:
+    """The dimensions that have feature blocks (one cursor jump each, no block read)."""
+    dims: List[int] = []
+    cursor = txn.raw.cursor(db=txn.dbs.features)
+    found = cursor.first()
+    while found:
+        dim = keys.dim_number_from_key(cursor.key())[0]
+        dims.append(dim)
+        found = dim < 0xFFFF and cursor.set_range(keys.feature_dim_prefix(dim + 1))
+    return dims
+
+
+def count_owned(txn: Txn, dim: int) -> int:
+    """Faces of dimension ``dim``, counted from the blocks' owners."""
+    return sum(len(block.owners.identity_ids) - block.owners.identity_ids.count(None)
+               for block in iter_blocks(txn, dim))
+
+
+def free_slot_count(txn: Txn, dim: int) -> int:
+    """Entries of ``feature_free`` for ``dim``."""
+    prefix = keys.feature_dim_prefix(dim)
+    cursor = txn.raw.cursor(db=txn.dbs.feature_free)
+    found = 0
+    if cursor.set_range(prefix):
+        for key in cursor.iternext(keys=True, values=False):
+            if key[:len(prefix)] != prefix:
+                break
+            found += 1
+    return found
 
 
 def features_of(txn: Txn, face_keys: Sequence[bytes], dim: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -321,7 +424,7 @@ def _feature_bytes(txn: Txn, face: StoredFace, cache: _BlockCache) -> bytes:
         cache.key = key
     data = cache.data
     row_bytes = face.dim * FEATURE_DTYPE.itemsize
-    if data is None or len(data) != block_bytes(face.dim):
+    if data is None or len(data) <= block_bytes(face.dim):
         raise StoreFormatError(f"feature block {block} of dimension {face.dim} is missing or "
                                "has the wrong size")
     return data[row * row_bytes:(row + 1) * row_bytes]
@@ -355,7 +458,7 @@ def put_many(txn: Txn, records: Iterable[Dict[str, Any]]) -> None:
                 _free_slot(txn, edits, face.dim, face.slot)
         if slot is None:
             slot = _take_slot(txn, dim)
-        edits.set_row(dim, slot, bytes(record["feature"]))
+        edits.set_row(dim, slot, bytes(record["feature"]), (key, record["identity_id"]))
         txn.raw.put(key, _encode(record, slot), db=txn.dbs.faces)
     edits.write(txn)
 
@@ -376,30 +479,37 @@ def delete(txn: Txn, face_id: str) -> bool:
     return bool(txn.raw.delete(key, db=txn.dbs.faces))
 
 
+#: A row's new owner: (face key, identity id), or None for a freed row.
+_Owner = Optional[Tuple[bytes, str]]
+
+
 class _BlockEdits:
     """Row changes grouped by block: each block is read and written once."""
 
     def __init__(self) -> None:
-        self._rows: Dict[Tuple[int, int], Dict[int, Optional[bytes]]] = {}
+        self._rows: Dict[Tuple[int, int], Dict[int, Tuple[Optional[bytes], _Owner]]] = {}
 
-    def set_row(self, dim: int, slot: int, data: Optional[bytes]) -> None:
+    def set_row(self, dim: int, slot: int, data: Optional[bytes], owner: _Owner) -> None:
+        """Row ``slot`` holds ``data`` for ``owner`` from now on (None, None: freed)."""
         block, row = divmod(slot, rows_per_block(dim))
-        self._rows.setdefault((dim, block), {})[row] = data
+        self._rows.setdefault((dim, block), {})[row] = (data, owner)
 
     def write(self, txn: Txn) -> None:
         for (dim, block), rows in self._rows.items():
             key = keys.feature_block_key(dim, block)
-            size = block_bytes(dim)
             old = txn.raw.get(key, db=txn.dbs.features)
-            if old is not None and len(old) != size:
-                raise StoreFormatError(f"feature block {block} of dimension {dim} has "
-                                       f"{len(old)} bytes, not {size}")
-            buffer = bytearray(size) if old is None else bytearray(old)
+            if old is None:
+                buffer, owners = bytearray(block_bytes(dim)), _free_owners(dim)
+            else:
+                owners = _owners_of(old, dim, block)
+                buffer = bytearray(old[:block_bytes(dim)])
             row_bytes = dim * FEATURE_DTYPE.itemsize
-            for row, data in rows.items():
+            for row, (data, owner) in rows.items():
                 buffer[row * row_bytes:(row + 1) * row_bytes] = (
                     bytes(row_bytes) if data is None else data)
-            txn.raw.put(key, buffer, db=txn.dbs.features)
+                owners.face_keys[row], owners.identity_ids[row] = (
+                    (None, None) if owner is None else owner)
+            txn.raw.put(key, _block_value(buffer, owners), db=txn.dbs.features)
         self._rows.clear()
 
 
@@ -417,7 +527,7 @@ def _take_slot(txn: Txn, dim: int) -> int:
 
 
 def _free_slot(txn: Txn, edits: _BlockEdits, dim: int, slot: int) -> None:
-    edits.set_row(dim, slot, None)
+    edits.set_row(dim, slot, None, None)
     txn.raw.put(keys.feature_slot_key(dim, slot), b"", db=txn.dbs.feature_free)
 
 
@@ -444,7 +554,8 @@ class FaceCopier:
 
     def __init__(self) -> None:
         self._next: Dict[int, int] = {}
-        self._pending: Dict[int, Tuple[int, bytearray]] = {}  # dim -> (block, its bytes)
+        # dim -> (block, its rows, its owners)
+        self._pending: Dict[int, Tuple[int, bytearray, Owners]] = {}
 
     def add(self, txn: Txn, face_key: bytes, record: Dict[str, Any]) -> None:
         dim = int(record["dim"])
@@ -459,9 +570,11 @@ class FaceCopier:
         if pending is None or pending[0] != block:
             if pending is not None:
                 self._flush(txn, dim)
-            pending = (block, bytearray(block_bytes(dim)))
+            pending = (block, bytearray(block_bytes(dim)), _free_owners(dim))
             self._pending[dim] = pending
         pending[1][row * row_bytes:(row + 1) * row_bytes] = record["feature"]
+        pending[2].face_keys[row] = bytes(face_key)
+        pending[2].identity_ids[row] = record["identity_id"]
         _append(txn, txn.dbs.faces, face_key, _encode(record, slot))
         if row == rows_per_block(dim) - 1:
             self._flush(txn, dim)
@@ -473,8 +586,9 @@ class FaceCopier:
             _set_next_slot(txn, dim, value)
 
     def _flush(self, txn: Txn, dim: int) -> None:
-        block, data = self._pending.pop(dim)
-        _append(txn, txn.dbs.features, keys.feature_block_key(dim, block), data)
+        block, data, owners = self._pending.pop(dim)
+        _append(txn, txn.dbs.features, keys.feature_block_key(dim, block),
+                _block_value(data, owners))
 
 
 def _append(txn: Txn, db: Any, key: bytes, value: Any) -> None:

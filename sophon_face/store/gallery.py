@@ -20,8 +20,9 @@ Where the exact float32 features are:
 The data (gallery_library.py), per row: ``codes`` (int8, capacity x D), ``scale`` and
 ``resid`` (float32: the quantisation scale and the bound of its error), ``row_ident``
 (identity index), ``row_key``
-(the face's 16-byte UUID key); ``face_row`` maps keys to rows. A removed face's row is filled
-with the last row (O(1), the arrays stay dense). Capacity grows by ``GROWTH_FACTOR``.
+(the face's 16-byte UUID key); ``face_row`` maps keys to rows (built on first use: a rebuild
+leaves it to the first write). A removed face's row is filled with the last row (O(1), the
+arrays stay dense). Capacity grows by ``GROWTH_FACTOR``.
 Identities: id <-> small integer index; per index (int32 arrays) the face count and the
 number of the identity's interned set of permission groups (gallery_groups.py). Groups:
 permission id -> member identities and their faces (for EMPTY_GROUP_ERROR); a group's rows
@@ -37,9 +38,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from dataclasses import dataclass
-from typing import FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -267,30 +267,86 @@ class Gallery:
         """Replace the contents with the faces and group memberships stored in LMDB.
 
         Built aside and swapped in, so searches keep answering from the old contents while
-        this runs. Rows are in slot order: the feature blocks are read once each, in key
-        order, and normalised and quantised chunk by chunk (2 MiB, in cache) straight into
-        the codes, so the float32 features are never all in memory; one pass over the small
-        face records then says which face each row is. The exact features stay in LMDB, so
-        from now on ``search`` needs a read transaction.
+        this runs. One pass over the feature blocks in key order: each block's owners say
+        which face and identity each row is (no face record is read), and the rows are
+        normalised and quantised chunk by chunk (2 MiB, in cache) straight into the codes,
+        so the float32 features are never all in memory. Rows are in slot order. The exact
+        features stay in LMDB, so from now on ``search`` needs a read transaction.
 
-        One thread: a helper quantising beside the record walk was slower, because the walk
-        holds the GIL that each of the helper's numpy calls needs back.
+        The owners are written in the transactions that write the face records, so they
+        agree; what the pass can check cheaply (faces counted by the owners against LMDB's
+        count of face records and against the slots handed out less the free ones) sends
+        a store that disagrees to ``_load_from_records``, the slower path that matches the
+        records, the free list and the blocks face by face.
 
         Run it where no write can commit between this snapshot and the swap: before writes
         start (``Store.open``) or on the writer thread (``Store.reload_gallery``).
         """
-        index = faces.gallery_index(txn)
-        wrong = index.dims != self._dim
-        if wrong.any():
-            found = ", ".join(f"{count} of dimension {dim}" for dim, count in
-                              sorted(Counter(index.dims[wrong].tolist()).items()))
+        dim = self._dim
+        other_dims = [d for d in faces.feature_dims(txn) if d != dim]
+        if other_dims:
+            self._refuse_other_dims(txn, other_dims)
+        slots = faces.next_slot(txn, dim)
+        codes = np.empty((slots, dim), dtype=np.int8)
+        scale = np.empty(slots, dtype=np.float32)
+        resid = np.empty(slots, dtype=np.float32)
+        # Face key and identity id per row (never None once the checks below pass).
+        row_keys: List[Any] = []
+        row_identities: List[Any] = []
+        per_block = faces.rows_per_block(dim)
+        chunk = np.empty((max(1, LOAD_CHUNK_ROWS // per_block) * per_block, dim),
+                         dtype=np.float32)
+        filled = done = 0
+        for block in faces.iter_blocks(txn, dim):
+            owners = block.owners
+            if None in owners.identity_ids:  # free rows: only after deletions
+                used = [row for row, identity in enumerate(owners.identity_ids)
+                        if identity is not None]
+                if not used:
+                    continue
+                np.take(block.rows, used, axis=0, out=chunk[filled:filled + len(used)])
+                row_keys.extend(owners.face_keys[row] for row in used)
+                row_identities.extend(owners.identity_ids[row] for row in used)
+                filled += len(used)
+            else:
+                chunk[filled:filled + per_block] = block.rows
+                row_keys.extend(owners.face_keys)
+                row_identities.extend(owners.identity_ids)
+                filled += per_block
+            if filled > len(chunk) - per_block:
+                done = _quantise_chunk(chunk[:filled], codes, scale, resid, done)
+                filled = 0
+        done = _quantise_chunk(chunk[:filled], codes, scale, resid, done)
+        if done != faces.count(txn) or done != slots - faces.free_slot_count(txn, dim) \
+                or done != len(row_keys) or None in row_keys:
+            log.warning("feature blocks and face records disagree (%d faces in the blocks, "
+                        "%d records); matching them face by face", done, faces.count(txn))
+            lib = self._load_from_records(txn)
+        else:
+            lib = Library.from_bulk(dim, row_keys, row_identities, codes, scale, resid,
+                                    self._scan.dtype)
+        lib.load_groups(identities.iter_groups(txn))
+        with self._lock:
+            self._lib = lib
+        log.info("gallery loaded: %d faces, %d groups (%s scan)", lib.n, len(lib.group_faces),
+                 self._scan.kernel)
+
+    def _refuse_other_dims(self, txn: Txn, other_dims: List[int]) -> None:
+        found = {d: faces.count_owned(txn, d) for d in other_dims}
+        found = {d: count for d, count in found.items() if count}
+        if found:
+            listed = ", ".join(f"{count} of dimension {d}" for d, count in sorted(found.items()))
             raise FeatureDimMismatch(
-                f"stored faces ({found}) do not match the active recognizer's feature "
+                f"stored faces ({listed}) do not match the active recognizer's feature "
                 f"dimension {self._dim}: they were registered with another model and "
                 "must be re-registered (or the matching model configured)")
-        # Rows in slot order: the blocks are read once each, in key order, and each chunk is
-        # quantised straight into its rows (scattering rows at random costs more than
-        # reordering the keys afterwards).
+
+    def _load_from_records(self, txn: Txn) -> Library:
+        """The rebuild from the face records, the free list and the blocks' rows: for a
+        store whose blocks' owners disagree with the records (never written by this code).
+        A slot handed out but neither used nor freed is left out; a face whose slot is free
+        or shared with another face is refused."""
+        index = faces.gallery_index(txn)
         slots = faces.used_slots(txn, self._dim)
         rank = _slot_ranks(slots, index.slots)  # face -> its row
         codes = np.empty((len(slots), self._dim), dtype=np.int8)
@@ -298,23 +354,19 @@ class Gallery:
         resid = np.empty(len(slots), dtype=np.float32)
         start = 0
         for chunk in faces.iter_feature_rows(txn, self._dim, slots, LOAD_CHUNK_ROWS):
-            end = start + len(chunk)
-            quantise_into(chunk, codes[start:end], scale[start:end], resid[start:end])
-            start = end
+            start = _quantise_chunk(chunk, codes, scale, resid, start)
         if len(rank) != len(slots):
-            # Slots handed out but neither used nor freed (never by this code): dropped.
             log.warning("%d feature slots hold no face; left out of the gallery",
                         len(slots) - len(rank))
             keep = np.zeros(len(slots), dtype=bool)
             keep[rank] = True
             codes, scale, resid = codes[keep], scale[keep], resid[keep]
             rank = np.cumsum(keep)[rank] - 1
-        lib = Library.from_bulk(self._dim, index, rank, codes, scale, resid, self._scan.dtype)
-        lib.load_groups(identities.iter_groups(txn))
-        with self._lock:
-            self._lib = lib
-        log.info("gallery loaded: %d faces, %d groups (%s scan)", lib.n, len(lib.group_faces),
-                 self._scan.kernel)
+        order = np.argsort(rank)
+        row_keys: List[FaceKey] = [index.keys[i] for i in order.tolist()]
+        row_identities = [index.identity_ids[i] for i in index.identities[order].tolist()]
+        return Library.from_bulk(self._dim, row_keys, row_identities, codes, scale, resid,
+                                 self._scan.dtype)
 
     # ------------------------------------------------------------------ helpers
 
@@ -327,6 +379,17 @@ class Gallery:
         if isinstance(change, (RemoveFace, RemoveIdentity, RemoveGroup)):
             return change
         raise TypeError(f"not a gallery change: {change!r}")
+
+
+def _quantise_chunk(chunk: np.ndarray, codes: np.ndarray, scale: np.ndarray,
+                    resid: np.ndarray, start: int) -> int:
+    """Quantise ``chunk`` into rows ``start:`` of the arrays; returns the next row."""
+    end = start + len(chunk)
+    if end > len(codes):
+        raise StoreFormatError("feature blocks hold more faces than slots were handed out")
+    if len(chunk):
+        quantise_into(chunk, codes[start:end], scale[start:end], resid[start:end])
+    return end
 
 
 def _slot_ranks(slots: np.ndarray, face_slots: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ million object creations.
 
 from __future__ import annotations
 
-from itertools import repeat
+from collections import deque
+from itertools import count, repeat
 from typing import Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -77,7 +78,8 @@ class Library:
         self.row_ident = np.empty(capacity, dtype=np.int32)  # row -> identity index
         self.n = 0
         self.row_key: List[FaceKey] = []  # row -> face key (``face_key``)
-        self.face_row: Dict[FaceKey, int] = {}
+        #: Face key -> row: built on first use (``face_row``), which searches never make.
+        self._face_row: Optional[Dict[FaceKey, int]] = {}
         self.ident_index: Dict[str, int] = {}
         self.ident_ids: List[Optional[str]] = []  # identity index -> id (None = free)
         # Identity index -> its face count, and the number of its group set (GroupSets).
@@ -93,30 +95,48 @@ class Library:
         self.score_buffer: Optional[np.ndarray] = None
         self.gather_buffer: Optional[np.ndarray] = None
 
+    @property
+    def face_row(self) -> Dict[FaceKey, int]:
+        """Face key -> row. A rebuild leaves it to the first call (a write, ``has_face``):
+        a million entries cost 0.3 s that a restart would spend for no search."""
+        if self._face_row is None:
+            self._face_row = dict(zip(self.row_key, range(self.n)))
+        return self._face_row
+
     @classmethod
-    def from_bulk(cls, dim: int, index: "faces.GalleryIndex", rows: np.ndarray,
+    def from_bulk(cls, dim: int, row_keys: List[FaceKey], row_identities: List[str],
                   codes: np.ndarray, scale: np.ndarray, resid: np.ndarray,
                   score_dtype: np.dtype) -> Library:
-        """The library of a rebuild: face ``index.keys[i]`` is row ``rows[i]`` of the filled
-        ``codes``, ``scale`` and ``resid`` (one row per face)."""
-        n = len(index.keys)
+        """The library of a rebuild: row ``i`` of the filled ``codes``, ``scale`` and
+        ``resid`` is face ``row_keys[i]`` of identity ``row_identities[i]`` (the arrays may
+        hold more rows: spare capacity)."""
+        n = len(row_keys)
         lib = cls(dim, 1, score_dtype, keep_exact=False)
         if n:
-            # The face of each row; none to reorder when slots follow face keys (a store
-            # written by the migration).
-            in_order = bool((rows[1:] > rows[:-1]).all())
-            order = np.arange(n) if in_order else np.argsort(rows)
             lib.codes, lib.scale, lib.resid = codes, scale, resid
-            lib.resid_max = float(resid.max())
-            lib.row_ident = index.identities[order].astype(np.int32)
-            lib.ident_ids = list(index.identity_ids)
-            lib.ident_index = index.identity_numbers
-            counts = np.bincount(lib.row_ident, minlength=len(lib.ident_ids)).astype(np.int32)
+            lib.resid_max = float(resid[:n].max())
+            # An identity's index is the row it first appears in: ``first`` maps each
+            # identity to it in one C loop and is the id -> index map (a million-entry dict
+            # costs 0.3 s to build, so there is no second, dense one). Indices where no
+            # identity starts are free (None), to be reused like any freed one.
+            first: Dict[str, int] = {}
+            lib.row_ident = np.empty(codes.shape[0], dtype=np.int32)
+            lib.row_ident[:n] = np.fromiter(map(first.setdefault, row_identities, count()),
+                                            dtype=np.int32, count=n)
+            lib.ident_index = first
+            if len(first) == n:  # one face per identity: index i is row i's identity
+                lib.ident_ids = list(row_identities)
+            else:
+                lib.ident_ids = [None] * n
+                deque(map(lib.ident_ids.__setitem__, first.values(), first.keys()), maxlen=0)
+                free = np.ones(n, dtype=bool)
+                free[lib.row_ident[:n]] = False
+                lib.free_indices = np.flatnonzero(free).tolist()
+            counts = np.bincount(lib.row_ident[:n], minlength=len(lib.ident_ids)).astype(np.int32)
             lib._grow_identities(len(counts))
             lib.ident_face_count[:len(counts)] = counts
-            face_keys = index.keys
-            lib.row_key = face_keys if in_order else [face_keys[i] for i in order.tolist()]
-            lib.face_row = dict(zip(lib.row_key, range(n)))
+            lib.row_key = row_keys
+            lib._face_row = None
             lib.n = n
         return lib
 

@@ -142,15 +142,19 @@ def iter_groups(txn: Txn) -> Iterator[Tuple[str, List[str]]]:
     """Every permission group that has members, with its member identity ids (bulk loads).
 
     One pass over ``group_members``, key by key: each permission key is decoded once, and
-    a member's id is read from its key (a record is read only for the rare digest key).
+    the members' ids are read from their keys in one comprehension (a record is read only
+    for the rare digest key).
     """
     cursor = txn.raw.cursor(db=txn.dbs.group_members)
     found = cursor.first()
     while found:
         permission_id = _permission_id_of(txn, cursor.key())
-        members = [_identity_id_of(txn, identity_key)
-                   for identity_key in cursor.iternext_dup(keys=False, values=True)]
-        yield permission_id, members
+        member_keys = list(cursor.iternext_dup(keys=False, values=True))
+        members = keys.client_strings_from_keys(member_keys)
+        if None in members:
+            members = [_identity_id_of(txn, key) if member is None else member
+                       for key, member in zip(member_keys, members)]
+        yield permission_id, members  # type: ignore[misc]
         found = cursor.next_nodup()
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import uuid
-from typing import Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 #: Longest UTF-8 client string stored inline (tag byte + string). 254 keeps one key at
 #: 255 bytes, so two client keys can later be joined into one composite key (e.g. a
@@ -58,6 +58,13 @@ def client_string_from_key(key: bytes) -> Optional[str]:
     if key[:1] == _INLINE_TAG:
         return key[1:].decode("utf-8", "surrogatepass")
     return None
+
+
+def client_strings_from_keys(keys: Iterable[bytes]) -> List[Optional[str]]:
+    """``client_string_from_key`` of many keys at once, in one comprehension (a cold start
+    decodes a million group members; three calls per key cost 0.5 s)."""
+    return [key[1:].decode("utf-8", "surrogatepass") if key[:1] == _INLINE_TAG else None
+            for key in keys]
 
 
 # The kinds share one function on purpose (one rule for client strings); the names say

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 #: Version of the key layout and database set (keys.py, env.DB_NAMES). Bump it when keys
 #: change shape; an older daemon then refuses the directory instead of misreading it.
 #: 1: first layout. 2: adds the ``group_members`` index (built from the identities).
-#: 3: features packed in blocks beside schema-2 face records (faces.py); a store holding
-#: schema-1 faces is rebuilt in the new layout before it opens (migrations.py).
+#: 3: features packed in blocks, each with its rows' owners, beside schema-2 face records
+#: (faces.py); a store holding schema-1 faces is rebuilt in the new layout before it opens
+#: (migrations.py).
 LAYOUT_VERSION = 3
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,14 @@ def next_seq(txn: Txn) -> int:
     seq = 1 if raw is None else _U64.unpack(raw)[0]
     txn.raw.put(_NEXT_SEQ, _U64.pack(seq + 1), db=txn.dbs.meta)
     return seq
+
+
+def touch(txn: Txn) -> None:
+    """Rewrite the layout stamp unchanged: a commit that changes nothing (store/env.py,
+    leaving the map's removal reserve)."""
+    raw = txn.raw.get(_LAYOUT, db=txn.dbs.meta)
+    if raw is not None:
+        txn.raw.put(_LAYOUT, raw, db=txn.dbs.meta)
 
 
 def layout_version(txn: Txn) -> Optional[int]:

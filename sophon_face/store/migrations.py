@@ -210,7 +210,9 @@ def _check_free_space(path: str, txn: Txn) -> None:
     cursor = txn.raw.cursor(db=txn.dbs.faces)
     if cursor.first():
         dim = faces.decode(cursor.value()).dim  # one recognizer: one dimension
-        per_face = faces.block_bytes(dim) // faces.rows_per_block(dim) + FACE_OVERHEAD_BYTES
+        # A block's whole pages (rows and owners) shared by its rows, and the record.
+        per_face = ((faces.FEATURE_BLOCK_BYTES + 16) // faces.rows_per_block(dim)
+                    + FACE_OVERHEAD_BYTES)
         needed += faces.count(txn) * per_face * 11 // 10
     free = shutil.disk_usage(path).free
     if free < needed:

@@ -16,6 +16,7 @@ from sophon_face.store import (
     gallery as gallery_module, gallery_library, identities,
 )
 from sophon_face.store.gallery import FeatureDimMismatch
+from sophon_face.store.gallery_library import Library, quantise_into
 
 DIM = 32
 
@@ -361,6 +362,63 @@ def test_rebuild_from_lmdb_equals_the_incremental_gallery(tmp_path):
         # differently when they sit at other positions.
         assert got[:2] == expected[:2]
         assert got.score == pytest.approx(expected.score, abs=1e-6)
+
+
+def test_rebuild_follows_faces_rewritten_to_another_identity(tmp_path):
+    """The rebuild reads who holds each row from the feature blocks' owners, which follow
+    a face record rewritten with another identity, and rows freed and reused."""
+    rng = np.random.default_rng(12)
+    features = unit_rows(rng, 5)
+    records = [faces.make_record(new_id(), f"p{i}", new_id(), f) for i, f in enumerate(features)]
+    moved = dict(records[1], identity_id="q", feature=features[4].astype("<f4").tobytes())
+
+    async def scenario():
+        store = Store(tmp_path, gallery=Gallery(DIM))
+        await store.open()
+        await store.write(lambda t: (faces.put_many(t, records[:4]), None))
+        await store.write(lambda t: (faces.put(t, moved), None))
+        await store.write(lambda t: (faces.delete(t, records[2]["face_id"]), None))
+        await store.close()
+        store = Store(tmp_path, gallery=Gallery(DIM))
+        await store.open()
+        try:
+            snapshot = await store.read(store.gallery.snapshot)
+            hit = await store.read(store.gallery.search_in, features[4])
+            return snapshot, hit
+        finally:
+            await store.close()
+
+    snapshot, hit = run(scenario())
+    held = dict(zip(snapshot.face_ids, snapshot.identity_ids))
+    assert held == {records[0]["face_id"]: "p0", records[1]["face_id"]: "q",
+                    records[3]["face_id"]: "p3"}
+    assert (hit.face_id, hit.identity_id) == (records[1]["face_id"], "q")
+    assert hit.score == pytest.approx(1.0)
+
+
+def test_a_bulk_library_numbers_identities_by_first_row_and_reuses_the_gaps():
+    """``Library.from_bulk`` indexes an identity by the row it first appears in; the rows
+    where none starts are free indices, taken by identities that arrive later (here a
+    group member without faces), and the library then changes like any other."""
+    rng = np.random.default_rng(13)
+    rows = unit_rows(rng, 5)
+    codes = np.empty((8, DIM), dtype=np.int8)  # 3 rows of spare capacity
+    scale, resid = np.empty(8, dtype=np.float32), np.empty(8, dtype=np.float32)
+    quantise_into(rows.copy(), codes[:5], scale[:5], resid[:5])
+    lib = Library.from_bulk(DIM, [f"f{i}" for i in range(5)], ["a", "b", "a", "c", "b"],
+                            codes, scale, resid, np.dtype(np.float32))
+    assert lib.ident_ids == ["a", "b", None, "c", None] and sorted(lib.free_indices) == [2, 4]
+    assert lib.row_ident[:5].tolist() == [0, 1, 0, 3, 1]
+    lib.load_groups([("g", ["a", "z"])])
+    assert lib.ident_index["z"] in (2, 4) and lib.group_faces == {"g": 2}
+    lib.set_groups("c", ["g"])
+    assert lib.group_faces == {"g": 3} and lib.face_row == {f"f{i}": i for i in range(5)}
+    assert lib.remove_identity("a") == 2
+    assert lib.group_faces == {"g": 1} and lib.groups_of("z") == {"g"}
+    lib.add("f5", "d", rows[0])  # the fifth row of spare capacity, a free index
+    assert lib.n == 4 and lib.ident_ids[lib.ident_index["d"]] == "d"
+    assert sorted(lib.face_row) == ["f1", "f3", "f4", "f5"]
+    assert lib.group_rows("g").tolist() == [lib.face_row["f3"]]
 
 
 def test_rebuild_refuses_features_of_another_dimension(tmp_path):

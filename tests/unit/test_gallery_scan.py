@@ -182,7 +182,8 @@ def test_searching_leaves_reference_counts_alone(kernel):
 
 def test_a_slot_without_a_face_is_left_out_of_the_rebuild(tmp_path, caplog):
     """A slot neither used nor free (never written by this code: a record deleted behind
-    faces.py's back) costs a warning, not a wrong gallery."""
+    faces.py's back) costs a warning, not a wrong gallery: the blocks' owners count one
+    face more than the records, so the rebuild matches records and blocks face by face."""
     rng = np.random.default_rng(7)
     features = unit_rows(rng, 6)
     records = [faces.make_record(str(uuid.uuid4()), f"p{i}", str(uuid.uuid4()), f)
@@ -207,6 +208,7 @@ def test_a_slot_without_a_face_is_left_out_of_the_rebuild(tmp_path, caplog):
     count, hit, other = asyncio.run(scenario())
     assert count == 5 and hit.face_id == records[4]["face_id"]
     assert other.face_id != records[2]["face_id"]
+    assert "matching them face by face" in caplog.text
     assert "1 feature slots hold no face" in caplog.text
 
 
