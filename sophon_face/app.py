@@ -19,15 +19,17 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 
 from aiohttp import web
 
-from .api.http import MAX_BODY_BYTES, VALIDATION_CONTEXT, error_middleware
+from .api.guard import ConnectionLimits, GuardedRunner, ServerGuard, connection_middleware
+from .api.http import BODY_LIMITS, VALIDATION_CONTEXT, BodyLimits, error_middleware
 from .api.keys import SERVICES, Services
 from .api.metrics import METRICS, Metrics
 from .api.preview_ws import start_preview_servers
 from .api.realtime_ws import start_realtime_server
 from .api.routes import add_routes
+from .api.tls import TlsError, server_context
 from .api.validation import Context
 from .backends.registry import BackendOptions
-from .config import Config
+from .config import Config, ConfigError
 from .pipeline.face_pipeline import FacePipeline
 from .pipeline.quality import QualityThresholds
 from .pipeline.types import ImageLimits
@@ -66,21 +68,65 @@ WS_PORT = web.AppKey("ws_port", int)
 #: The preview frame stream's and control channel's bound ports (preview.port/control_port).
 PREVIEW_PORT = web.AppKey("preview_port", int)
 PREVIEW_CONTROL_PORT = web.AppKey("preview_control_port", int)
+#: Token, connection limits and TLS of every listening port (api/guard.py).
+GUARD = web.AppKey("server_guard", ServerGuard)
+
+
+def server_guard(config: Config) -> ServerGuard:
+    """The ``server`` section's access control and limits; TLS files are loaded here
+    (ConfigError naming the setting when they cannot be used)."""
+    server = config.server
+    ssl_context = None
+    tls_files = config.tls_files
+    if tls_files is not None:
+        try:
+            ssl_context = server_context(*tls_files)
+        except TlsError as exc:
+            raise ConfigError(str(exc)) from None
+    return ServerGuard(token=server.api_token, ssl_context=ssl_context, limits=ConnectionLimits(
+        header_timeout_s=server.header_timeout_s, max_header_bytes=server.max_header_bytes,
+        max_connections=server.max_connections, keepalive_timeout_s=server.keepalive_timeout_s))
+
+
+def body_limits(config: Config) -> BodyLimits:
+    server = config.server
+    return BodyLimits(max_bytes=server.max_body_bytes, timeout_s=server.body_timeout_s,
+                      max_json_depth=server.max_json_depth,
+                      max_list_length=server.max_list_length)
 
 
 def build_app(config: Config, backend_options: Optional[BackendOptions] = None,
               models: Optional[PreparedModels] = None) -> web.Application:
     """The aiohttp application. ``backend_options`` lets tests inject a fake SAIL module;
     ``models`` lets a test session prepare the models once for many apps."""
-    # Middlewares, outermost first: only the error middleware; it must see everything.
+    guard = server_guard(config)
+    # Middlewares, outermost first: the connection guard's (where requests begin and end,
+    # closing after a body timeout); the error middleware, which must see every error and
+    # count every answer; then the token check, so a refusal is rendered and counted.
     app = web.Application(client_max_size=config.server.max_body_bytes,
-                          middlewares=[error_middleware])
+                          middlewares=[connection_middleware, error_middleware,
+                                       *guard.http_middlewares()])
     app[CONFIG] = config
-    app[MAX_BODY_BYTES] = config.server.max_body_bytes
+    app[GUARD] = guard
+    app[BODY_LIMITS] = body_limits(config)
     app[METRICS] = Metrics()  # this app's own registry: /metrics, the request and stage meters
     app.cleanup_ctx.append(_Lifecycle(config, backend_options, models))
     add_routes(app)
     return app
+
+
+def http_runner(app: web.Application) -> web.AppRunner:
+    """The runner the daemon serves ``app`` (from build_app) with: the guard's connection
+    limits and aiohttp's header and keep-alive limits, no access log (it would show
+    paths with ids; errors are logged by the error middleware)."""
+    config = app[CONFIG]
+    return GuardedRunner(app, app[GUARD].limits, access_log=None,
+                         shutdown_timeout=config.server.shutdown_timeout_s)
+
+
+def http_site(runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
+    """The HTTP API's listening socket (TLS when configured)."""
+    return web.TCPSite(runner, host, port, ssl_context=runner.app[GUARD].ssl_context)
 
 
 class _Lifecycle:
@@ -105,7 +151,9 @@ class _Lifecycle:
             app[METRICS].stages.metered(factory),  # each worker's stage times go to /metrics
             warm_up=FacePipeline.warm_up, close=FacePipeline.close,
             count=config.workers.count, queue_size=config.workers.queue_size,
-            timeout_s=config.workers.timeout_s)
+            timeout_s=config.workers.timeout_s, max_wait_s=config.workers.max_wait_s,
+            max_queued_body_bytes=config.workers.max_queued_body_bytes,
+            admission=config.workers.admission)
 
         async def close_inference() -> None:
             await pool.close()
@@ -219,18 +267,23 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
     pushes = _Pushes()
     try:  # whatever started is stopped again if a later step fails
         hub = RealtimeHub(config.push.realtime_queue_size)
-        runner, ws_port = await start_realtime_server(hub, config.server.host,
-                                                      config.server.ws_port)
+        guard = app[GUARD]
+        runner, ws_port = await start_realtime_server(
+            hub, config.server.host, config.server.ws_port, config.server.ws_heartbeat_s,
+            max_message_bytes=config.server.ws_max_message_bytes,
+            json_limits=app[BODY_LIMITS], guard=guard)
         pushes.on_close(runner.cleanup)
         pushes.on_close(hub.close)
         app[WS_PORT] = ws_port
-        log.info("real-time events on ws://%s:%d", config.server.host, ws_port)
+        ws_scheme = "wss" if guard.ssl_context is not None else "ws"
+        log.info("real-time events on %s://%s:%d", ws_scheme, config.server.host, ws_port)
         pusher = HistoryPusher(store, settings, images, batch=config.push.history_batch,
                                timeout_s=config.push.history_timeout_s)
         events.subscribe(hub.publish)
         events.subscribe(lambda _event: pusher.wake())
         await pusher.start()
-        pushes.on_close(pusher.stop)
+        # On shutdown the POST in flight may finish and its 2xx be recorded (push/history.py).
+        pushes.on_close(functools.partial(pusher.stop, config.server.shutdown_timeout_s))
 
         async def relay_of(device_id: str) -> Optional[Dict[str, Any]]:
             record = await store.read(device_records.get, device_id)
@@ -247,13 +300,15 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
         device_service.subscribe(preview.on_device_change)
         device_service.subscribe_preview(preview.on_preview_change)
         preview_runners, preview_port, control_port = await start_preview_servers(
-            preview, config.server.host, config.preview.port, config.preview.control_port)
+            preview, config.server.host, config.preview.port, config.preview.control_port,
+            config.server.ws_heartbeat_s, max_message_bytes=config.server.ws_max_message_bytes,
+            guard=guard)
         for preview_runner in preview_runners:
             pushes.on_close(preview_runner.cleanup)
         pushes.on_close(preview.close)
         app[PREVIEW_PORT], app[PREVIEW_CONTROL_PORT] = preview_port, control_port
-        log.info("preview on ws://%s:%d/preview, control on ws://%s:%d", config.server.host,
-                 preview_port, config.server.host, control_port)
+        log.info("preview on %s://%s:%d/preview, control on %s://%s:%d", ws_scheme,
+                 config.server.host, preview_port, ws_scheme, config.server.host, control_port)
 
         recognition = VideoRecognition(store, gallery, pool, settings, events, match_cosine,
                                        jpeg_quality=config.events.jpeg_quality)
@@ -292,10 +347,11 @@ async def _services(app: web.Application, config: Config, models: PreparedModels
             "models": models.describe(),
             "feature_dim": models.feature_dim,
             "warm_up": {"ok": warm.ok, "ms": warm.ms, "error": warm.error},
-            "workers": {"count": config.workers.count, "pending": pool.pending,
-                        "video_pending": pool.background_pending, "batching": batching_stats()},
+            "workers": dict(pool.stats(), count=config.workers.count,
+                            batching=batching_stats()),
             "store": {"open": store.is_open, "faces": gallery.count(),
-                      "events": event_index.count()},
+                      "events": event_index.count(),
+                      "events_not_recorded": events.not_recorded},
             "push": {"realtime": dict(hub.stats(), port=ws_port), "history": pusher.stats(),
                      "device_status": status_pusher.stats(), "relay": relay.stats(),
                      "preview": dict(preview.stats(), port=preview_port,

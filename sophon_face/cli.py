@@ -3,16 +3,22 @@
 The only module that exits. Contract relied on by scripts and the systemd unit:
   sophon-face serve [--config FILE] [--host H] [--port N] [--ws-port N] [--data-dir DIR]
                     [--image-root DIR ...]
-  sophon-face health [--url URL]      stdlib only; exit 0 healthy, 1 otherwise; one line
+  sophon-face health [--url URL] [--token T] [--cafile PEM]
+                     stdlib only; exit 0 healthy, 1 otherwise; one line
   sophon-face check-config [--config FILE]
-  sophon-face import SOURCE [--url URL | --data-dir DIR [--config FILE]] [--group NAME]
-                     [--workers N] [--fiqa-level L] [--resume]   (tools/bulk_import.py)
-  sophon-face export DIR [--url URL | --data-dir DIR [--config FILE]]
+  sophon-face import SOURCE [--url URL [--token T] | --data-dir DIR [--config FILE]]
+                     [--group NAME] [--workers N] [--fiqa-level L] [--resume]
+                     (tools/bulk_import.py)
+  sophon-face export DIR [--url URL [--token T] | --data-dir DIR [--config FILE]]
   sophon-face backup FILE [--data-dir DIR] [--config FILE] [--with-event-images]
                      the daemon may run; exit 0 written, 1 failed, 2 bad usage (tools/backup.py)
   sophon-face restore FILE [--data-dir DIR] [--config FILE] [--discard-old]
                       [--ignore-recognizer-model]   the daemon stopped; exit 0 restored,
                       1 refused or failed (the store unchanged), 2 bad usage (tools/restore.py)
+
+The API token (server.api_token) may come from the environment variable
+SOPHON_FACE_API_TOKEN instead: ``serve`` requires it, ``health``, ``import --url`` and
+``export --url`` send it (``--token`` overrides it).
 
 ``serve`` speaks systemd's notify protocol when started with NOTIFY_SOCKET (Type=notify):
 READY=1 once it really serves, WATCHDOG=1 from the event loop, STOPPING=1 on SIGTERM.
@@ -38,6 +44,7 @@ from .tools.backup import add_backup_arguments, backup_main
 from .tools.bulk_import import add_import_arguments, import_main  # stdlib-only imports
 from .tools.export import add_export_arguments, export_main
 from .tools.restore import add_restore_arguments, restore_main
+from .tools.targets import TOKEN_ENV, token_headers
 
 if TYPE_CHECKING:
     from .config import Config
@@ -62,13 +69,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder *_path parameters may read (repeatable)")
 
     health = sub.add_parser("health", help="check a running daemon (exit 0 when healthy)")
-    health.add_argument("--url", default=DEFAULT_HEALTH_URL)
+    health.add_argument("--url", default=DEFAULT_HEALTH_URL,
+                        help="https://... when the daemon has server.tls_cert")
     health.add_argument("--timeout", type=float, default=10.0)
+    health.add_argument("--token", help=f"API token to send (default ${TOKEN_ENV})")
+    health.add_argument("--cafile", help="PEM file to verify the daemon's TLS certificate "
+                        "with (a self-signed one: the certificate itself)")
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("--config", help="configuration file (default: embedded defaults)")
-    add_import_arguments(sub.add_parser("import", help="register a photo folder tree or CSV"))
-    add_export_arguments(sub.add_parser("export", help="write the gallery as photos and CSV"))
+    importer = sub.add_parser("import", help="register a photo folder tree or CSV")
+    add_import_arguments(importer)
+    exporter = sub.add_parser("export", help="write the gallery as photos and CSV")
+    add_export_arguments(exporter)
+    for tool in (importer, exporter):
+        tool.add_argument("--token", help=f"with --url: API token to send (default ${TOKEN_ENV})")
     add_backup_arguments(sub.add_parser("backup",
                                         help="consistent copy of a store (daemon may run)"))
     add_restore_arguments(sub.add_parser("restore", help="put a backup back (daemon stopped)"))
@@ -80,8 +95,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         config = with_overrides(load_config(args.config), host=args.host, port=args.port,
-                                ws_port=args.ws_port, data_dir=args.data_dir, image_roots=args.image_roots)
+                                ws_port=args.ws_port, data_dir=args.data_dir, image_roots=args.image_roots,
+                                api_token=os.environ.get(TOKEN_ENV) or None)
         config.manifest_path()
+        from .app import server_guard
+
+        server_guard(config)  # TLS files load (or the error names the setting)
     except ConfigError as exc:
         print(f"sophon-face: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -107,18 +126,15 @@ async def _serve_until_stopped(config: Config, notifier: Notifier) -> int:
     the health check agrees. A signal during the start cancels it; the lifecycle closes
     what it had opened.
     """
-    from aiohttp import web
-
     from .api.keys import SERVICES
-    from .app import build_app
+    from .app import build_app, http_runner, http_site
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None,
-                           shutdown_timeout=config.server.shutdown_timeout_s)
+    runner = http_runner(app)  # connection limits, header deadline (api/guard.py)
     notifier.status("starting: preparing models, warming the workers, opening the store")
     try:
         started = await _until_stopped(runner.setup(), stop)
@@ -132,7 +148,7 @@ async def _serve_until_stopped(config: Config, notifier: Notifier) -> int:
         return 0
     watchdog: Optional[asyncio.Future] = None
     try:
-        site = web.TCPSite(runner, config.server.host, config.server.port)
+        site = http_site(runner, config.server.host, config.server.port)
         try:
             await site.start()
         except OSError as exc:
@@ -196,8 +212,19 @@ def _logs_to_journal() -> bool:
 
 def _health(args: argparse.Namespace) -> int:
     """One line, exit code 0/1: for systemd, monitoring and operators on the box."""
+    token = args.token or os.environ.get(TOKEN_ENV) or ""
+    request = urllib.request.Request(args.url, headers=token_headers(token))
+    context = None
+    if args.cafile:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"unhealthy: cannot use --cafile {args.cafile}: {exc}")
+            return 1
     try:
-        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
+        with urllib.request.urlopen(request, timeout=args.timeout, context=context) as response:
             payload = json.loads(response.read().decode("utf-8"))
             status = response.status
     except urllib.error.HTTPError as exc:
@@ -237,6 +264,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("import", "export") and args.token:
+        os.environ[TOKEN_ENV] = args.token  # what HttpTarget sends (tools/targets.py)
     handlers = {"serve": _serve, "health": _health, "check-config": _check_config,
                 "import": import_main, "export": export_main,
                 "backup": backup_main, "restore": restore_main}

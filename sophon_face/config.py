@@ -35,8 +35,42 @@ class ServerConfig:
     ws_port: int = 5679
     #: api/README.md 3.1: bodies above this get HTTP 413 (aiohttp's 1 MiB is too small).
     max_body_bytes: int = 32 * 1024 * 1024
-    #: Grace period for in-flight requests on shutdown.
+    #: Grace period on shutdown (SIGTERM) for the requests in flight, and then for the
+    #: history push's POST in flight (its 2xx is recorded, push/history.py).
     shutdown_timeout_s: float = 10.0
+    # Access control (api/guard.py, api/tls.py). Upstream has no authentication, so by
+    # default there is none: protect the ports at network level (README "Deployment").
+    #: When set, every request but /health, /openapi.json and /docs needs it
+    #: (``Authorization: Bearer <t>`` or ``X-Api-Token: <t>``; WebSockets also
+    #: ``?token=<t>``). At least 16 visible ASCII characters. The environment variable
+    #: SOPHON_FACE_API_TOKEN, when set, replaces it (keeps it out of the file).
+    api_token: str = field(default="", repr=False)
+    #: PEM certificate (chain) and unencrypted PEM key: every port speaks TLS only.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Slow and hostile clients (api/guard.py; each limit per listening port).
+    #: A request head (request line and headers) must be complete this long after the
+    #: connection opened, or after the first byte of a later request: else 408, closed.
+    header_timeout_s: float = 10.0
+    #: A request body must have arrived this long after its head: else 408, closed.
+    body_timeout_s: float = 60.0
+    #: An idle kept-alive connection is closed after this.
+    keepalive_timeout_s: float = 15.0
+    #: A request head larger than this: 431, closed.
+    max_header_bytes: int = 64 * 1024
+    #: Connections open at once per port; beyond, a new one gets 503 and is closed.
+    max_connections: int = 256
+    #: Body parsing: deeper nesting is INVALID_REQUEST_JSON, a longer array anywhere in
+    #: the body INVALID_ARGUMENTS naming it. The depth stays well above what a parameter
+    #: may hold (setconfigs object values: 32 levels), so a too-deep value still fails
+    #: only its own key (CONFIG_ITEM_FAIL, R35) rather than the whole body.
+    max_json_depth: int = 128
+    max_list_length: int = 10000
+    #: WebSocket servers (5679, 5678, 54547): a longer client message closes the socket
+    #: (1009); a ping is sent every ws_heartbeat_s, and a client whose pong has not come
+    #: within half of it is disconnected.
+    ws_max_message_bytes: int = 64 * 1024
+    ws_heartbeat_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +106,8 @@ class ModelsConfig:
 
 #: ``workers.batching`` values: "auto" batches on the SAIL runtime only.
 BATCHING_MODES = ("auto", "on", "off")
+#: ``workers.admission`` values (workers/admission.py).
+ADMISSION_MODES = ("time", "count")
 
 
 @dataclass(frozen=True)
@@ -83,7 +119,19 @@ class WorkersConfig:
     #: 8 cores while faces of concurrent requests share TPU batches.
     count: int = 1
     intra_op_threads: int = 2
-    #: Requests waiting for a worker beyond this are refused at once (HTTP 503).
+    #: How API requests are admitted to the workers (workers/admission.py). "time": while
+    #: a request's expected wait for a worker plus its own inference time (both learnt
+    #: from recent requests of its endpoint) fit max_wait_s, and the bodies waiting fit
+    #: max_queued_body_bytes; beyond, HTTP 503 with Retry-After at once. "count": the
+    #: former rule, queue_size waiting requests whatever they cost (for comparison).
+    admission: str = "time"
+    #: The time budget of "time" admission (seconds; capped at timeout_s, whose margin
+    #: above it absorbs estimates that turn out low).
+    max_wait_s: float = 30.0
+    #: Bytes of request bodies waiting for a worker ("time" admission); each body is also
+    #: held parsed meanwhile, so about twice this in memory. A lone waiting body always fits.
+    max_queued_body_bytes: int = 256 * 1024 * 1024
+    #: "count" admission only: requests waiting beyond this get HTTP 503. Ignored by "time".
     queue_size: int = 32
     #: A request waiting longer than this for its result fails with INTERNAL_ERROR.
     timeout_s: float = 60.0
@@ -220,6 +268,13 @@ class Config:
     def image_roots(self) -> List[Path]:
         return [self.resolve(r) for r in self.images.roots]
 
+    @property
+    def tls_files(self) -> Optional[Tuple[Path, Path]]:
+        """(certificate, key) when TLS is configured."""
+        if not self.server.tls_cert:
+            return None
+        return self.resolve(self.server.tls_cert), self.resolve(self.server.tls_key)
+
     def manifest_path(self) -> Path:
         """The active model manifest: explicit, else the profile's, found beside the
         configuration, in the source tree, or in the install prefix's share folder."""
@@ -242,6 +297,15 @@ _CHECKS = {
     ("server", "port"): lambda v: 1 <= v <= 65535,
     ("server", "max_body_bytes"): lambda v: v > 0,
     ("server", "ws_port"): lambda v: 0 <= v <= 65535,
+    ("server", "header_timeout_s"): lambda v: v > 0,
+    ("server", "body_timeout_s"): lambda v: v > 0,
+    ("server", "keepalive_timeout_s"): lambda v: v > 0,
+    ("server", "max_header_bytes"): lambda v: v >= 1024,
+    ("server", "max_connections"): lambda v: v >= 1,
+    ("server", "max_json_depth"): lambda v: 1 <= v <= 256,  # checked recursively
+    ("server", "max_list_length"): lambda v: v >= 1,
+    ("server", "ws_max_message_bytes"): lambda v: v >= 1024,
+    ("server", "ws_heartbeat_s"): lambda v: v > 0,
     ("events", "max_events"): lambda v: v >= 1,
     ("events", "max_image_bytes"): lambda v: v >= 0,
     ("events", "jpeg_quality"): lambda v: 1 <= v <= 100,
@@ -252,6 +316,9 @@ _CHECKS = {
     ("models", "profile"): lambda v: v in PROFILE_MANIFESTS,
     ("workers", "count"): lambda v: v >= 1,
     ("workers", "intra_op_threads"): lambda v: v >= 1,
+    ("workers", "admission"): lambda v: v in ADMISSION_MODES,
+    ("workers", "max_wait_s"): lambda v: v > 0,
+    ("workers", "max_queued_body_bytes"): lambda v: v >= 1,
     ("workers", "queue_size"): lambda v: v >= 1,
     ("workers", "timeout_s"): lambda v: v > 0,
     ("workers", "batching"): lambda v: v in BATCHING_MODES,
@@ -275,6 +342,16 @@ _CHECKS = {
     ("preview", "jpeg_quality"): lambda v: 1 <= v <= 100,
     ("logging", "level"): lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
+
+
+#: Settings whose value is never shown in an error message (it would reach logs).
+_SECRETS = {("server", "api_token")}
+MIN_TOKEN_CHARS = 16
+
+
+def _is_token(value: str) -> bool:
+    """Visible ASCII only (it travels in an HTTP header), long enough not to be guessed."""
+    return len(value) >= MIN_TOKEN_CHARS and all("!" <= c <= "~" for c in value)
 
 
 def _coerce(value: Any, annotation: str, path: str) -> Any:
@@ -313,11 +390,27 @@ def _section(cls: Type[T], raw: Any, path: str) -> T:
             raise ConfigError(f"{path}.{key}: unknown key")
     values: Dict[str, Any] = {}
     for name, raw_value in raw.items():
+        if (path, name) in _SECRETS:
+            values[name] = _secret(raw_value, f"{path}.{name}")
+            continue
         values[name] = _coerce(raw_value, str(fields[name].type), f"{path}.{name}")
         check = _CHECKS.get((path, name))
         if check is not None and not check(values[name]):
             raise ConfigError(f"{path}.{name}: invalid value {raw_value!r}")
     return cls(**values)
+
+
+def _secret(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not (value == "" or _is_token(value)):
+        raise ConfigError(f"{path}: expected \"\" or at least {MIN_TOKEN_CHARS} visible "
+                          "ASCII characters (value not shown)")
+    return value
+
+
+def _check_server(server: ServerConfig) -> None:
+    """Rules across settings of the server section."""
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError("server.tls_key: set both tls_cert and tls_key, or neither")
 
 
 def config_from_mapping(raw: Optional[Mapping[str, Any]], base_dir: str = ".") -> Config:
@@ -333,6 +426,7 @@ def config_from_mapping(raw: Optional[Mapping[str, Any]], base_dir: str = ".") -
     for name, f in sections.items():
         section_cls = f.default_factory  # type: ignore[misc]
         built[name] = _section(section_cls, raw.get(name), name)
+    _check_server(built["server"])
     return Config(base_dir=str(Path(base_dir).resolve()), **built)
 
 
@@ -363,6 +457,9 @@ def with_overrides(config: Config, **overrides: Any) -> Config:
         if not 0 <= int(overrides["ws_port"]) <= 65535:
             raise ConfigError(f"--ws-port: invalid value {overrides['ws_port']!r}")
         server = dataclasses.replace(server, ws_port=int(overrides["ws_port"]))
+    if overrides.get("api_token") is not None:  # SOPHON_FACE_API_TOKEN
+        server = dataclasses.replace(server, api_token=_secret(overrides["api_token"],
+                                                               "SOPHON_FACE_API_TOKEN"))
     # Flags are relative to the CWD, like any command-line path.
     if overrides.get("data_dir") is not None:
         storage = dataclasses.replace(storage, data_dir=str(Path(overrides["data_dir"]).resolve()))

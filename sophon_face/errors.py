@@ -7,7 +7,8 @@ Every layer raises these; only the API middleware turns them into the
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Dict, Type
+import math
+from typing import Any, ClassVar, Dict, Mapping, Optional, Type
 
 #: INVALID_ARGUMENTS messages replace a serialised value longer than this (R10).
 MAX_ECHOED_VALUE_CHARS = 200
@@ -20,8 +21,11 @@ class ApiError(Exception):
     http_status: ClassVar[int] = 500
     default_message: ClassVar[str] = "internal error"
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None,
+                 headers: Optional[Mapping[str, str]] = None) -> None:
         self.message = self.default_message if message is None else message
+        #: HTTP headers the answer carries besides the envelope (ServiceBusy: Retry-After).
+        self.headers: Dict[str, str] = dict(headers or {})
         super().__init__(f"{self.code}: {self.message}")
 
 
@@ -76,15 +80,26 @@ MethodNotAllowed = _error("METHOD_NOT_ALLOWED", 405)
 
 
 class ServiceBusy(InternalError):  # type: ignore[misc, valid-type]
-    """The worker queue is full. Upstream has no "busy" code; a client retries on 5xx.
+    """The workers cannot take the request in time: its expected wait, or the bytes of the
+    bodies waiting, are beyond the daemon's limits (workers/admission.py). Upstream has no
+    "busy" code; a client retries on 5xx.
 
     Our decision: answer INTERNAL_ERROR with HTTP 503 and an explicit message, so the
     envelope stays within the upstream code set while the status tells a proxy or a
-    client library that retrying later is right.
+    client library that retrying later is right, and ``Retry-After`` (whole seconds, at
+    least 1) says when, from the pool's estimate of its queue.
     """
 
     http_status = 503
     default_message = "server busy, retry later"
+
+    def __init__(self, message: str | None = None,
+                 retry_after_s: Optional[float] = None) -> None:
+        self.retry_after_s = retry_after_s
+        headers: Dict[str, str] = {}
+        if retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+        super().__init__(message, headers)
 
 
 def error_class(code: str) -> Type[ApiError]:

@@ -1,22 +1,28 @@
 """The one place that speaks HTTP: the error envelope, body reading and JSON rendering.
 
 Order of checks for a POST (api/README.md 3.7): routing (404/405) and body size (413)
-come from aiohttp and the middleware, then Content-Type (3.2), then body parsing (3.3),
-then the endpoint schema (parameters).
+come from aiohttp and the middleware, then Content-Type (3.2), then body parsing (3.3,
+with our limits on time, nesting depth and list lengths: ``BodyLimits``), then the
+endpoint schema (parameters).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, Mapping
 
 from aiohttp import web
 
 from ..errors import (ApiError, EmptyRequestJson, ImageSizeTooLargeError, InternalError,
-                      InvalidRequestJson, MethodNotAllowed, NotFound, UnsupportContentType)
+                      InvalidRequestJson, MethodNotAllowed, NotFound, UnsupportContentType,
+                      invalid_argument)
+from ..workers.admission import REQUEST_BODY_BYTES
 from .keys import SERVICES, Services
 from .metrics import METRICS, NO_ERROR
 from .validation import Context, Schema
@@ -36,8 +42,10 @@ def json_response(payload: Mapping[str, Any], status: int = 200) -> web.Response
 
 
 def error_response(error: ApiError) -> web.Response:
-    return json_response({"error": {"code": error.code, "message": error.message}},
-                         status=error.http_status)
+    response = json_response({"error": {"code": error.code, "message": error.message}},
+                             status=error.http_status)
+    response.headers.update(error.headers)  # ServiceBusy: Retry-After
+    return response
 
 
 @web.middleware
@@ -83,15 +91,73 @@ def _media_type(header: str) -> str:
     return header.split(";", 1)[0].strip().lower()
 
 
+@dataclass(frozen=True)
+class BodyLimits:
+    """What one request body may be (the ``server.*`` settings of the same names)."""
+
+    #: Larger bodies get HTTP 413 (aiohttp's client_max_size enforces it while reading).
+    max_bytes: int = 32 * 1024 * 1024
+    #: The whole body must arrive within this after the request head: a client trickling
+    #: it byte by byte gets HTTP 408 and its connection is closed (api/guard.py).
+    timeout_s: float = 60.0
+    #: Nested objects/arrays beyond this depth (the top-level object is depth 1):
+    #: INVALID_REQUEST_JSON.
+    max_json_depth: int = 128
+    #: An array anywhere in the body longer than this: INVALID_ARGUMENTS naming it.
+    max_list_length: int = 10000
+
+
+class BodyTimeout(InvalidRequestJson):  # type: ignore[misc, valid-type]
+    """The body did not arrive within ``BodyLimits.timeout_s``. Our decision: the code of
+    a body that cannot be parsed, with HTTP 408 (the one status that tells a client its
+    request was too slow), and the connection is closed after the answer."""
+
+    http_status = 408
+    default_message = "request body not received in time"
+
+
+#: True while handling a request whose connection must close once its answer is written
+#: (api/guard.py ``connection_middleware`` does it): the client is still sending a body
+#: nobody reads. A context variable, since aiohttp 3.10 has no typed request keys; each
+#: request runs in a task of its own.
+CLOSE_AFTER_RESPONSE: ContextVar[bool] = ContextVar("close_after_response", default=False)
+
+
+def check_json_shape(value: Any, limits: BodyLimits, name: str = "", depth: int = 1) -> None:
+    """Depth and list lengths of parsed JSON, in document order (the first offence is
+    reported). Recursion is bounded by ``max_json_depth``; scalars are not visited."""
+    if depth > limits.max_json_depth:
+        raise InvalidRequestJson()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)):
+                check_json_shape(item, limits, f"{name}.{key}" if name else str(key), depth + 1)
+    elif isinstance(value, list):
+        if len(value) > limits.max_list_length:
+            raise invalid_argument(name or "<body>", value)  # R10: "<array of N items>"
+        for i, item in enumerate(value):
+            if isinstance(item, (dict, list)):
+                check_json_shape(item, limits, f"{name}[{i}]", depth + 1)
+
+
 async def read_json_object(request: web.Request, empty_body_is_error: bool) -> Dict[str, Any]:
-    """Content-Type, size and JSON checks shared by every POST endpoint."""
-    max_bytes = request.app[MAX_BODY_BYTES]
+    """Content-Type, size, time and JSON checks shared by every POST endpoint."""
+    limits = request.app.get(BODY_LIMITS) or BodyLimits()
+    max_bytes = limits.max_bytes
     if request.content_length is not None and request.content_length > max_bytes:
         raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=request.content_length)
     content_type = request.headers.get("Content-Type")
     if content_type is not None and _media_type(content_type) != "application/json":
         raise UnsupportContentType(content_type)
-    raw = await request.read()  # aiohttp enforces client_max_size while reading (413)
+    try:  # aiohttp enforces client_max_size while reading (413); the time is ours
+        raw = await asyncio.wait_for(request.read(), limits.timeout_s)
+    except asyncio.TimeoutError:
+        log.info("%s %s from %s: body not received within %.0f s, closing", request.method,
+                 request.path, request.remote, limits.timeout_s)
+        CLOSE_AFTER_RESPONSE.set(True)
+        raise BodyTimeout() from None
+    # A job this request submits waits holding the body: the pool's admission counts it.
+    REQUEST_BODY_BYTES.set(len(raw))
     if content_type is None and raw.strip():
         raise UnsupportContentType("")
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -106,6 +172,7 @@ async def read_json_object(request: web.Request, empty_body_is_error: bool) -> D
         raise InvalidRequestJson() from None
     if not isinstance(body, dict):
         raise InvalidRequestJson()
+    check_json_shape(body, limits)
     return body
 
 
@@ -141,5 +208,5 @@ def list_endpoint(schema: Schema, filters_schema: Schema, use_case: ListUseCase)
 
 
 # Typed application keys of the HTTP layer (set by app.build_app).
-MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
+BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
 VALIDATION_CONTEXT = web.AppKey("validation_context", Context)

@@ -197,10 +197,23 @@ def _daemon(out: _Families, payload: Mapping[str, Any]) -> None:
 
 def _workers(out: _Families, workers: Mapping[str, Any]) -> None:
     out.gauge("workers", "Inference workers.", _number(workers, "count"))
-    help_text = ("Jobs running or waiting for an inference worker: api (requests, bounded "
-                 "by workers.queue_size) and video (frames, at most one per device).")
+    help_text = ("Jobs running or waiting for an inference worker: api (requests, admitted "
+                 "by expected wait, workers.max_wait_s) and video (frames, one per device).")
     out.gauge("worker_queue_jobs", help_text, _number(workers, "pending"), kind="api")
     out.gauge("worker_queue_jobs", help_text, _number(workers, "video_pending"), kind="video")
+    out.gauge("worker_expected_wait_seconds",
+              "Expected wait for a worker of an API request arriving now (learnt service "
+              "times of the API jobs ahead / workers).", _number(workers, "expected_wait_s"))
+    out.gauge("worker_queued_body_bytes", "Bytes of request bodies waiting for a worker.",
+              _number(workers, "queued_body_bytes"))
+    out.counter("worker_refused_requests",
+                "API requests refused with 503 because they would not fit the time or bytes "
+                "budget.", _number(workers, "refused"))
+    for job, ms in sorted(_section(workers, "service_ms").items()):
+        if isinstance(ms, (int, float)):
+            out.gauge("worker_service_estimate_seconds",
+                      "Learnt worker time of one job, by job kind (endpoint).", ms / 1000.0,
+                      job=str(job))
     batching = _section(workers, "batching")
     out.gauge("inference_batching_enabled", "1 when models are micro-batched across workers.",
               _number(batching, "enabled"))

@@ -557,14 +557,30 @@ def build_document(routes: Iterable[Route], operations: Mapping[Any, Operation],
         "info": dict(info, version=__version__),
         "tags": list(tags),
         "paths": paths,
+        # The optional API token (api/guard.py): "{}" first, since by default there is none.
+        "security": [{}, {"bearerToken": []}, {"apiTokenHeader": []}],
         "components": {
             "schemas": schemas,
             "responses": {
                 "NotFound": _routing_response("NOT_FOUND", meanings),
                 "MethodNotAllowed": _routing_response("METHOD_NOT_ALLOWED", meanings),
             },
+            "securitySchemes": SECURITY_SCHEMES,
         },
     }
+
+
+_TOKEN_NOTE = ("Only when the daemon is configured with server.api_token (or "
+               "SOPHON_FACE_API_TOKEN); by default, as upstream, no authentication. Every "
+               "path but /health, /openapi.json and /docs then needs it; a missing or wrong "
+               "token is HTTP 401 with PASSWORD_ERROR. The WebSocket servers take it too, "
+               "also as ?token=.")
+SECURITY_SCHEMES = {
+    "bearerToken": {"type": "http", "scheme": "bearer",
+                    "description": "Authorization: Bearer <token>. " + _TOKEN_NOTE},
+    "apiTokenHeader": {"type": "apiKey", "in": "header", "name": "X-Api-Token",
+                       "description": "X-Api-Token: <token>. " + _TOKEN_NOTE},
+}
 
 
 def _routing_response(code: str, meanings: Mapping[str, str]) -> Dict[str, Any]:

@@ -170,7 +170,8 @@ MEANINGS: Dict[str, str] = {
     "EMPTY_REQUEST_JSON": "Empty request body",
     "ID_NOT_FOUND": "The addressed id was not found",
     "ID_REPEAT_ERROR": "The id already exists",
-    "INTERNAL_ERROR": "Internal server error (HTTP 503: the inference queue is full, retry)",
+    "INTERNAL_ERROR": ("Internal server error (HTTP 503 with Retry-After: the expected wait "
+                       "for a worker exceeds the time budget, retry)"),
     "IMAGE_DECODE_ERROR": "Image could not be decoded (bad base64 or not an image)",
     "IMAGE_NOT_OPENED": "Image path cannot be opened",
     "IMAGE_SIZE_TOO_LARGE_ERROR": "Image too large (HTTP 413: the request body is too large)",

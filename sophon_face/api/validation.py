@@ -194,20 +194,27 @@ def feature_vector(value: Any, name: str, ctx: Context) -> np.ndarray:
             raise invalid_argument(name, value) from None
         if len(raw) != 4 * dim:
             raise invalid_argument(name, value)
-        vector = np.frombuffer(raw, dtype="<f4").astype(np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN; refused just below
+            vector = np.frombuffer(raw, dtype="<f4").astype(np.float64)
     elif isinstance(value, list):
         if len(value) != dim or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise invalid_argument(name, value)
-        vector = np.asarray(value, dtype=np.float64)
+        try:
+            vector = np.asarray(value, dtype=np.float64)
+        except OverflowError:  # an integer beyond float range, e.g. 10**400 (issue 12)
+            raise invalid_argument(name, value) from None
     else:
         raise invalid_argument(name, value)
     if not np.all(np.isfinite(vector)):
         raise invalid_argument(name, value)
-    norm = float(np.linalg.norm(vector))
-    if norm == 0.0 or not math.isfinite(norm):  # all-zero, or overflowing float32
+    # Scaled by the largest magnitude first, so that the norm of finite values as large
+    # as 1e308 (or as small as 5e-324) neither overflows nor underflows (README 4.3).
+    peak = float(np.max(np.abs(vector)))
+    if peak == 0.0:  # all-zero
         raise invalid_argument(name, value)
-    unit = (vector / norm).astype(np.float32)
+    scaled = vector / peak
+    unit = (scaled / np.linalg.norm(scaled)).astype(np.float32)
     if not np.all(np.isfinite(unit)):
         raise invalid_argument(name, value)
     return unit

@@ -1,12 +1,36 @@
-"""What every WebSocket server of the daemon needs from aiohttp: a connection that can be
-dropped at once, and the hubs' ``Connection`` over one socket (api/realtime_ws.py,
-api/preview_ws.py)."""
+"""What every WebSocket server of the daemon needs from aiohttp: a guarded listening
+socket (token, connection limits, TLS: api/guard.py), a connection that can be dropped at
+once, and the hubs' ``Connection`` over one socket (api/realtime_ws.py, api/preview_ws.py)."""
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 from aiohttp import web
 
-from ..push.realtime import CLOSE_GOING_AWAY
+from ..push.realtime import CLOSE_GOING_AWAY, CLOSE_TIMEOUT_S
+from .guard import GuardedRunner, ServerGuard
+
+
+def ws_application(guard: Optional[ServerGuard]) -> web.Application:
+    """An app for one WebSocket server, with the guard's middlewares (its token)."""
+    return web.Application(middlewares=(guard or ServerGuard()).ws_middlewares())
+
+
+async def start_ws_server(app: web.Application, host: str, port: int,
+                          guard: Optional[ServerGuard]) -> Tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0: any free port) behind ``guard``'s connection
+    limits and TLS; returns the runner (clean it up) and the bound port."""
+    guard = guard or ServerGuard()
+    runner = GuardedRunner(app, guard.limits, access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=guard.ssl_context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
 
 
 def abort_connection(request: web.Request) -> None:

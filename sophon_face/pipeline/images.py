@@ -50,6 +50,7 @@ _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_IEND = b"IEND"
 _BMP_SIGNATURE = b"BM"
 
 # A JPEG marker is 0xFF followed by a code other than 0x00 (a stuffed data byte), 0xFF (fill)
@@ -102,6 +103,11 @@ def decode_image_bytes(data: bytes, param: str, limits: ImageLimits) -> DecodedI
         # Some OpenCV/libjpeg builds return a half-grey image for a truncated JPEG with
         # only a warning on stderr; the end-of-image marker tells us cheaply.
         log.debug("%s: JPEG has no end-of-image marker (truncated)", param)
+        raise ImageDecodeError(param)
+    if fmt == "png" and not _png_chunks_fit(data):
+        # OpenCV 4.14 (the box's too) allocates a chunk's declared length before reading
+        # it: a 68-byte PNG declaring a 4 GB IDAT took 4 GB (found by fuzzing, issue 12).
+        log.debug("%s: PNG chunk longer than the file, or no IEND (truncated)", param)
         raise ImageDecodeError(param)
     image_bgr = _decode_pixels(data, param)
     _check_dimensions(image_bgr.shape[1], image_bgr.shape[0], param, limits)
@@ -313,6 +319,20 @@ def _jpeg_is_complete(data: bytes) -> bool:
     truncated file is not mistaken for the end of the main image.
     """
     return any(marker == _JPEG_EOI for marker, _, _ in _jpeg_segments(data))
+
+
+def _png_chunks_fit(data: bytes) -> bool:
+    """True when every chunk's declared length lies inside ``data``, up to IEND."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):  # length, type, payload, CRC
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        pos += 12 + length
+        if pos > len(data):
+            return False
+        if kind == _PNG_IEND:
+            return True
+    return False
 
 
 def _png_dimensions(data: bytes) -> Optional[Tuple[int, int]]:

@@ -27,7 +27,14 @@ Choices where the spec is silent:
 * An event whose record is gone (retention or wipedata raced the round) is dropped from
   the queue silently; an event whose payload cannot be built (a malformed record) is
   dropped with an ERROR, so one bad record cannot block every later event forever.
-* ``stop()`` abandons the POST in flight; its event stays queued for the next start.
+* ``stop(grace_s)`` (the daemon's shutdown, with ``server.shutdown_timeout_s``) starts no
+  new POST but lets the one in flight finish within ``grace_s`` and records its 2xx, so a
+  SIGTERM does not make a receiver get that event again after the restart; a POST still
+  running then is abandoned and its event stays queued for the next start.
+* The queue is bounded by retention, not by the push: a receiver that stays down keeps at
+  most ``events.max_events`` events (and ``events.max_image_bytes`` of their images)
+  queued; beyond, the oldest go with their events (logged, service/events.py). A backlog
+  drains at ``push.history_batch`` events per HISTORY_REPORT_PEROID, oldest first.
 * Failures are logged once per URL and state change (a new reason, or recovery), never
   once per retry.
 
@@ -172,6 +179,7 @@ class HistoryPusher:
         #: url -> reason of its current failure; a URL is logged when this changes.
         self._failing: Dict[str, str] = {}
         self._round_error = ""
+        self._stopping = False
         settings.subscribe(self._settings_changed)
 
     # -------------------------------------------------------------- lifecycle
@@ -185,13 +193,26 @@ class HistoryPusher:
             timeout=aiohttp.ClientTimeout(total=self._timeout_s))
         self._task = asyncio.ensure_future(self._run())
 
-    async def stop(self) -> None:
-        """Abandon the POST in flight (its event stays queued) and close the session.
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Start no new POST; let the one in flight finish within ``grace_s`` (its 2xx is
+        recorded), then abandon it (its event stays queued) and close the session.
 
         A queue write already handed to the store's writer thread still commits; the
         store closes after queued writes, so nothing is half-done."""
         task, self._task = self._task, None
         if task is not None:
+            self._stopping = True
+            if self._wake is not None:
+                self._wake.set()  # a pusher waiting for its next round ends at once
+            if grace_s > 0:
+                try:
+                    await asyncio.wait_for(asyncio.shield(task), grace_s)
+                except asyncio.TimeoutError:
+                    log.warning("history push: the POST in flight did not finish within "
+                                "%g s of the shutdown; its event is sent again at the "
+                                "next start", grace_s)
+                except Exception:  # already logged by the round
+                    pass
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         session, self._session = self._session, None
@@ -230,7 +251,7 @@ class HistoryPusher:
 
     async def _run(self) -> None:
         assert self._wake is not None
-        while True:
+        while not self._stopping:
             # Cleared before the round: a setting changed during it starts another at once.
             self._wake.clear()
             try:
@@ -246,6 +267,8 @@ class HistoryPusher:
                     log.exception("history push round failed; retrying every period")
                     self._round_error = reason
                 self._last_error = reason
+            if self._stopping:
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), self._period_s())
             except asyncio.TimeoutError:
@@ -261,6 +284,8 @@ class HistoryPusher:
         license_key = str(self._settings.value(LICENSE_SETTING))
         done = 0
         for event_id, taken in entries:
+            if self._stopping:  # stop(): no new POST
+                return done
             owed = [url for url in urls if url not in taken]
             if owed:
                 body = await self._body(event_id, license_key)
@@ -269,7 +294,7 @@ class HistoryPusher:
                     self._queued = max(0, self._queued - 1)
                     continue
                 for index, url in enumerate(owed):
-                    if not await self._post(url, body):
+                    if (index and self._stopping) or not await self._post(url, body):
                         return done
                     if index < len(owed) - 1:  # the last one removes the entry instead
                         await self._store.write(_mark, event_id, url, check_free_space=False)

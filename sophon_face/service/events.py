@@ -7,7 +7,8 @@ between leaves an orphan file, swept at start). After the commit the subscribers
 real-time push, the history pusher) get the event on the event loop.
 
 Recording never fails the call that produced it (event.md 9, README 12.4: a full disk is
-never an error of ``search``): a failure is logged and the event is lost, loudly.
+never an error of ``search``): a failure is logged and the event is lost, loudly, and
+counted (``not_recorded``, /health ``store.events_not_recorded``).
 
 Choices where the spec is silent:
 - Retention (``events.max_events``, ``events.max_image_bytes`` in conf.yaml): beyond either
@@ -86,6 +87,7 @@ class EventService:
         self._settings = settings
         self._retention = retention
         self._subscribers: List[Callable[[RecordedEvent], None]] = []
+        self._not_recorded = 0
 
     @property
     def index(self) -> EventIndex:
@@ -94,6 +96,11 @@ class EventService:
     @property
     def images(self) -> EventImageFiles:
         return self._images
+
+    @property
+    def not_recorded(self) -> int:
+        """Events lost since start because storing them failed (a full disk or map)."""
+        return self._not_recorded
 
     def subscribe(self, callback: Callable[[RecordedEvent], None]) -> None:
         """``callback(event)`` on the event loop after each committed event."""
@@ -117,6 +124,7 @@ class EventService:
         try:
             outcome = await self._store.write(self._write, draft, written)
         except Exception as exc:  # the recognition answer stands; the event is lost, loudly
+            self._not_recorded += 1
             level = logging.WARNING if isinstance(exc, ApiError) else logging.ERROR
             log.log(level, "event not recorded: %s", exc, exc_info=not isinstance(exc, ApiError))
             if written:

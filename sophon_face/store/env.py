@@ -97,6 +97,13 @@ _DISK_FULL_TEXTS = tuple(os.strerror(code) for code in _DISK_FULL_ERRNOS)
 #: error", never ENOSPC). An EIO with less than this much space left counts as disk full.
 _SHORT_WRITE_TEXT = os.strerror(errno.EIO)
 DISK_NEARLY_FULL_BYTES = 16 * 1024 * 1024
+#: Room past ``max_map_size_bytes`` for writes that only remove data (deletes, wipes): in a
+#: map full to its last page even a delete cannot commit, since it copies the pages it
+#: changes (a face's whole 128 KiB feature block), and the operator's way out of a full map
+#: is to delete. The map is shrunk back to the cap (or to what is used, if more) at once,
+#: after one more commit: LMDB lets only transactions after the NEXT commit reuse the pages
+#: a transaction freed, and in a full map no other write could commit to get there.
+MAP_REMOVAL_RESERVE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,11 @@ class ReloadAll:
 
 
 RELOAD_ALL = ReloadAll()
+
+
+def _touch(txn: Txn) -> Tuple[None, None]:
+    meta.touch(txn)
+    return None, None
 
 
 class StoreClosed(RuntimeError):
@@ -410,12 +422,20 @@ class Store:
         env = self._require_env()
         if check_free_space:
             self._check_free_space()
+        try:
+            return self._write_retrying(env, fn, args, removal=not check_free_space)
+        finally:
+            if not check_free_space and int(env.info()["map_size"]) > self._max_map_size_bytes:
+                self._leave_reserve(env)
+
+    def _write_retrying(self, env: lmdb.Environment, fn: Callable[..., Any],
+                        args: Tuple[Any, ...], removal: bool) -> Any:
         adoptions = 0
         while True:
             try:
                 result, changes = self._commit_once(env, fn, args)
             except lmdb.MapFullError:
-                self._grow_map(env)
+                self._grow_map(env, removal)
                 continue
             except lmdb.MapResizedError:
                 adoptions += 1
@@ -448,16 +468,30 @@ class Store:
             raise
         return outcome
 
-    def _grow_map(self, env: lmdb.Environment) -> None:
+    def _grow_map(self, env: lmdb.Environment, removal: bool = False) -> None:
         current = int(env.info()["map_size"])
-        if current >= self._max_map_size_bytes:
+        cap = self._max_map_size_bytes + (MAP_REMOVAL_RESERVE_BYTES if removal else 0)
+        if current >= cap:
             log.error("LMDB map is at its configured maximum (%d MiB); refusing the write",
                       current >> 20)
             raise InsufficientSpaceLeft()
-        new_size = min(current * 2, self._max_map_size_bytes)
+        new_size = min(current * 2, cap)
         with self._gate.exclusive():
             env.set_mapsize(new_size)
         log.info("LMDB map grown from %d MiB to %d MiB", current >> 20, new_size >> 20)
+
+    def _leave_reserve(self, env: lmdb.Environment) -> None:
+        """After a removal grew the map into its reserve: one more (empty-looking) commit
+        so the next write may reuse what the removal freed, then the map back to the cap,
+        so other writes cannot use the reserve (LMDB keeps at least the pages in use)."""
+        try:
+            self._write_retrying(env, _touch, (), removal=True)
+        except Exception:
+            log.exception("the commit after a removal in a full map failed")
+        with self._gate.exclusive():
+            env.set_mapsize(self._max_map_size_bytes)
+        log.info("LMDB map back to %d MiB after a removal used its reserve",
+                 env.info()["map_size"] >> 20)
 
     def _adopt_map_size(self) -> None:
         env = self._require_env()

@@ -35,6 +35,12 @@ Backup (the daemon keeps running)
    renamed, so FILE is either the previous archive or the complete new one. It holds
    biometric data: it is created owner-only (0600).
 
+The copy and the partial archive live in a work folder beside FILE named after FILE and
+the backup's pid (``.FILE.<pid>.<random>``), removed at the end. A backup that was killed
+(SIGKILL, power) cannot remove its own; the next backup to the same FILE removes those of
+processes that no longer exist, so a killed backup never leaves a copy of the store behind
+for good (tests/integration/test_faults.py).
+
 Exit status: 0 written; 1 failed (no archive written); 2 bad arguments or configuration.
 """
 
@@ -124,7 +130,9 @@ def create_backup(data_dir: Path, archive: Path, *,
     if compress is None:
         compress = archive.name.endswith((".gz", ".tgz"))
     archive.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", dir=str(archive.parent)))
+    _remove_abandoned_work(archive)
+    work = Path(tempfile.mkdtemp(prefix=f".{archive.name}.{os.getpid()}.",
+                                 dir=str(archive.parent)))
     try:
         copy = work / DATA_FILE
         copy_started = time.monotonic()
@@ -157,6 +165,32 @@ def create_backup(data_dir: Path, archive: Path, *,
              data_dir, summary.counts["faces"], summary.counts["identities"],
              summary.counts["events"], archive, result.archive_bytes, result.elapsed_s)
     return result
+
+
+def _remove_abandoned_work(archive: Path) -> None:
+    """Remove the work folders of earlier backups to ``archive`` whose process is gone."""
+    prefix = f".{archive.name}."
+    try:
+        entries = list(os.scandir(str(archive.parent)))
+    except OSError:
+        return
+    for entry in entries:
+        pid_text = entry.name[len(prefix):].partition(".")[0]
+        if not (entry.name.startswith(prefix) and pid_text.isdigit()
+                and entry.is_dir(follow_symlinks=False)) or _process_exists(int(pid_text)):
+            continue
+        log.warning("removing %s, left by a backup that did not finish", entry.path)
+        shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, as another user
+        return True
+    return True
 
 
 def _compact_copy(lmdb_dir: Path, target: Path) -> None:

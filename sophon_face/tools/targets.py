@@ -6,7 +6,9 @@ subclasses with their codes), so the tools' logic never asks which one it has:
 
 * ``HttpTarget`` posts the bodies to ``/sophon/v2/face/*`` with an aiohttp client and turns
   error envelopes back into ``ApiError``s. A request that may or may not have reached the
-  daemon raises ``TargetUnavailable(sent=True)``.
+  daemon raises ``TargetUnavailable(sent=True)``. It sends the daemon's API token when one
+  is given (``--token``, or the SOPHON_FACE_API_TOKEN environment variable); an https URL
+  is verified against the system's CAs (SSL_CERT_FILE names another bundle).
 * ``open_direct`` builds the daemon's own parts the way ``app.py`` wires them (model
   preparation, the warmed worker pool, the store, the runtime settings, IdentityService and
   GroupService) and ``DirectTarget`` validates each body with the endpoint's schema before
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 API_PREFIX = "/sophon/v2/face/"
 DEFAULT_URL = "http://127.0.0.1:5555"
+#: The daemon's API token (server.api_token) for the daemon and for its clients.
+TOKEN_ENV = "SOPHON_FACE_API_TOKEN"
 #: How often ``HttpTarget.settle`` asks the daemon whether its workers are idle.
 SETTLE_POLL_S = 0.25
 #: getidentities / getpermissions clamp larger pages to this (api/README.md 9).
@@ -100,6 +104,12 @@ class Target(Protocol):
 
 # --------------------------------------------------------------------------- HTTP
 
+def token_headers(token: Optional[str]) -> Dict[str, str]:
+    """The header carrying the API token (none without one). Stdlib only: the health
+    command uses it too."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _json_bytes(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
@@ -123,18 +133,21 @@ def _error_of(status: int, data: bytes) -> Exception:
 class HttpTarget:
     """A running daemon; at most ``concurrency`` requests in flight (the caller's bound)."""
 
-    def __init__(self, url: str, concurrency: int = 4, timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, concurrency: int = 4, timeout_s: float = 120.0,
+                 token: Optional[str] = None) -> None:
         self.name = url.rstrip("/")
         self._base = self.name
         self._concurrency = max(1, concurrency)
         self._timeout_s = timeout_s
+        # Never part of ``name`` (journal, messages) nor of any log line.
+        self._headers = token_headers(token if token is not None else os.environ.get(TOKEN_ENV))
         self._session: Optional[aiohttp.ClientSession] = None
 
     async def __aenter__(self) -> "HttpTarget":
         import aiohttp
 
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s), headers=self._headers,
             # A few beyond the workers: reconciliation reads run beside registrations.
             connector=aiohttp.TCPConnector(limit=self._concurrency + 4))
         return self

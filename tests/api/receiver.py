@@ -10,11 +10,14 @@ from typing import Any, Callable, Dict, List, Optional
 
 
 class Receiver:
-    """Collects every JSON body POSTed to it; ``status`` sets what it answers."""
+    """Collects every JSON body POSTed to it; ``status`` sets what it answers, after
+    ``delay_s`` (a slow platform). ``port``: a fixed port (a platform that comes back where
+    it was down), else a free one."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: List[Dict[str, Any]] = []
         self.status = 200
+        self.delay_s = 0.0
         self._lock = threading.Lock()
         receiver = self
 
@@ -26,6 +29,7 @@ class Receiver:
                     status = receiver.status
                     if 200 <= status < 300:
                         receiver.received.append(json.loads(body.decode("utf-8")))
+                time.sleep(receiver.delay_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -33,7 +37,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/event_recieve"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -129,7 +129,7 @@ class DaemonError(RuntimeError):
 
 
 def write_config(path: Path, data_dir: Path, models_dir: Path, *, workers: int = 1,
-                 intra_op_threads: int = 1, queue_size: int = 32,
+                 intra_op_threads: int = 1, max_wait_s: float = 30.0,
                  log_level: str = "WARNING") -> Path:
     """A conf.yaml for a test daemon. One models cache for every daemon of a session, so
     only the first start pays for folding the models."""
@@ -139,7 +139,7 @@ def write_config(path: Path, data_dir: Path, models_dir: Path, *, workers: int =
         "images": {"roots": [str(TEST_DATA_DIR)]},
         "models": {"cache_dir": str(models_dir)},
         "workers": {"count": workers, "intra_op_threads": intra_op_threads,
-                    "queue_size": queue_size},
+                    "max_wait_s": max_wait_s},
         "preview": {"port": 0, "control_port": 0},
         "logging": {"level": log_level},
     }

@@ -480,12 +480,15 @@ async def test_slow_client_never_holds_up_publish_or_a_fast_client(
     publishing_s = time.monotonic() - started
     await fast.wait_for(total, timeout=15)
 
-    assert max(publish_s) < 0.05, max(publish_s)  # never waits on a socket
-    assert publishing_s < 10.0
+    # Never waits on a socket: a publish that did would block until the slow client read
+    # (it never does here). Generous bounds: a loaded CI machine pauses any thread for
+    # tens of milliseconds; speed itself is measured in bench/events.py.
+    assert max(publish_s) < 0.5, max(publish_s)
+    assert publishing_s < 30.0
     assert [m["event_id"] for m in fast.messages] == ids
     latencies = [arrived - published_at[json.loads(text)["event_id"]]
                  for arrived, text in fast.texts]
-    assert max(latencies) < 1.0, max(latencies)
+    assert max(latencies) < 5.0, max(latencies)  # not held up behind the slow client
     stats = server.hub.stats()
     assert max_queued <= 100 + 10  # the slow client's 100 plus the fast one's burst
     assert stats["dropped"] > 0 and stats["subscribers"] == 2

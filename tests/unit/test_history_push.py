@@ -420,6 +420,8 @@ def test_at_most_batch_events_per_round_oldest_first(tmp_path: Path) -> None:
             await until(lambda: len(platform.arrivals["/a"]) == 6)
             settings.poke()
             await until(lambda: len(platform.arrivals["/a"]) == 7)
+            # The receiver has the last one before the pusher has recorded its 2xx.
+            await until(lambda: pusher.stats()["queued"] == 0)
         finally:
             await pusher.stop()
             await platform.stop()
@@ -518,6 +520,37 @@ def test_restart_keeps_the_queue_and_stop_abandons_the_post_in_flight(tmp_path: 
         # The event in flight at the stop arrives twice; the rest once, in order.
         assert platform.arrivals["/a"] == ids[:1] + ids
         assert await rig.queued() == []
+
+    run(tmp_path, scenario)
+
+
+def test_stop_with_a_grace_records_the_post_in_flight_and_starts_no_other(
+        tmp_path: Path) -> None:
+    """The daemon's shutdown (SIGTERM): the answer of the POST in flight is waited for and
+    recorded, so that event is not sent again after the restart; the next is not sent."""
+    async def scenario(rig: Rig) -> None:
+        platform = Platform()
+        await platform.start()
+        platform.modes["/a"] = "slow"
+        platform.slow_s = 0.5
+        settings = Settings(url=platform.url())
+        ids = await rig.add_events(3)
+        pusher = HistoryPusher(rig.store, settings, rig.files)
+        await pusher.start()
+        await until(lambda: platform.attempts["/a"] == 1)
+        await pusher.stop(grace_s=5.0)
+        assert platform.arrivals["/a"] == ids[:1]  # answered 200 during the stop
+        assert await rig.queued() == ids[1:]  # ... and recorded; nothing else was sent
+
+        platform.slow_s = 30.0  # a POST past the grace is abandoned as before
+        again = HistoryPusher(rig.store, settings, rig.files)
+        await again.start()
+        await until(lambda: platform.attempts["/a"] == 2)
+        started = time.monotonic()
+        await again.stop(grace_s=0.3)
+        assert time.monotonic() - started < 2.0
+        await platform.stop()
+        assert platform.arrivals["/a"] == ids[:2] and await rig.queued() == ids[1:]
 
     run(tmp_path, scenario)
 

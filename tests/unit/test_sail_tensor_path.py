@@ -247,8 +247,10 @@ def test_eight_callers_get_their_own_rows_back_from_shared_batches(fake_sail, tm
 
 def test_a_lone_request_waits_at_most_the_batch_deadline(fake_sail, tmp_path):
     tpu_time_s = 0.005
-    max_wait_s = 0.05
-    tolerance_s = 0.03
+    # A deadline well above the tolerance, which absorbs a loaded machine's scheduling
+    # pauses: a lone call that waited for company would take the whole deadline.
+    max_wait_s = 0.5
+    tolerance_s = 0.2
     path = toy_model(fake_sail, tmp_path, tpu_time_s=tpu_time_s)
     backend = BatchingBackend(lambda: SailBackend(path, batch_sizes=(1, 4), sail_module=fake_sail),
                               max_batch=4, max_wait_s=max_wait_s, name="toy")

@@ -4,6 +4,7 @@ transactions, map growth, full disk, persistence."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import struct
 import threading
@@ -238,7 +239,8 @@ def test_group_membership_index_follows_puts_and_deletes(store_factory):
         return ({g: sorted(identities.iter_group_member_ids(txn, g))
                  for g in ("g1", long_group, "none")},
                 {g: identities.count_group_members(txn, g) for g in ("g1", long_group, "none")},
-                sorted(identities.iter_memberships(txn)))
+                sorted(identities.iter_memberships(txn)),
+                {g: sorted(ids) for g, ids in identities.iter_groups(txn)})
 
     async def scenario():
         store = store_factory()
@@ -256,8 +258,10 @@ def test_group_membership_index_follows_puts_and_deletes(store_factory):
     assert first[1] == {"g1": 2, long_group: 2, "none": 0}
     assert first[2] == sorted([("a", "g1"), ("a", long_group), (long_person, long_group),
                                ("c", "g1")])
+    assert first[3] == {"g1": ["a", "c"], long_group: sorted(["a", long_person])}
     assert second[0] == {"g1": ["c"], long_group: ["a"], "none": []}
     assert second[2] == sorted([("a", long_group), ("a", "g2"), ("c", "g1")])
+    assert second[3] == {"g1": ["c"], "g2": ["a"], long_group: ["a"]}
 
 
 def test_permissions_name_index_follows_renames_and_deletes(store_factory):
@@ -318,8 +322,10 @@ def test_faces_and_images_repositories(store_factory):
 
 def test_features_live_in_blocks_beside_small_records(store_factory):
     """Layout 3: slots fill blocks in order, a deleted face's row is zeroed and its slot is
-    reused first, an overwritten face keeps its slot, and no record needs an overflow page
-    (a 512-d feature inline used to take a 4 KB page per face)."""
+    reused first, an overwritten face keeps its slot, each block's owners follow its rows
+    (face key and identity per row, None when free) within the block's 32 pages, and no
+    record needs an overflow page (a 512-d feature inline used to take a 4 KB page per
+    face)."""
     dim = 512
     per_block = faces.rows_per_block(dim)
     rng = np.random.default_rng(21)
@@ -332,7 +338,13 @@ def test_features_live_in_blocks_beside_small_records(store_factory):
 
     def row_of(txn, slot):
         block = txn.raw.get(keys.feature_block_key(dim, slot // per_block), db=txn.dbs.features)
-        return np.frombuffer(block, "<f4").reshape(per_block, dim)[slot % per_block]
+        return np.frombuffer(block, "<f4", count=per_block * dim).reshape(
+            per_block, dim)[slot % per_block]
+
+    def owner_of(txn, slot):
+        block = txn.raw.get(keys.feature_block_key(dim, slot // per_block), db=txn.dbs.features)
+        face_keys, identity_ids = msgpack.unpackb(block[faces.block_bytes(dim):])
+        return face_keys[slot % per_block], identity_ids[slot % per_block]
 
     async def scenario():
         store = store_factory(gallery=Gallery(dim))
@@ -345,7 +357,8 @@ def test_features_live_in_blocks_beside_small_records(store_factory):
                                             faces.next_slot(t, dim)))
         victim = records[3]
         await store.write(lambda t: (faces.delete(t, victim["face_id"]), None))
-        zeroed = await store.read(lambda t: row_of(t, slots[3]).copy())
+        zeroed = await store.read(lambda t: (row_of(t, slots[3]).copy(), owner_of(t, slots[3]),
+                                             owner_of(t, slots[4])))
         newcomer = faces.make_record(str(uuid.uuid4()), "q", str(uuid.uuid4()), unit(rng, dim))
         await store.write(lambda t: (faces.put(t, newcomer), None))
         changed = dict(records[5], feature=unit(rng, dim).astype("<f4").tobytes())
@@ -354,15 +367,21 @@ def test_features_live_in_blocks_beside_small_records(store_factory):
                                             slot_of(t, changed["face_id"]),
                                             faces.get(t, changed["face_id"]),
                                             faces.get(t, records[-1]["face_id"]),
-                                            t.entries(t.dbs.feature_free)))
-        return slots, stats, zeroed, after, changed
+                                            t.entries(t.dbs.feature_free),
+                                            owner_of(t, slots[3])))
+        return slots, stats, zeroed, after, changed, newcomer
 
-    slots, (face_stat, block_stat, next_slot), zeroed, after, changed = run(scenario())
+    slots, (face_stat, block_stat, next_slot), zeroed, after, changed, newcomer = run(scenario())
     assert slots == list(range(count)) and next_slot == count
     assert face_stat["overflow_pages"] == 0 and block_stat["entries"] == 2
-    assert block_stat["overflow_pages"] == 2 * -(-(faces.block_bytes(dim) + 16) // 4096)
+    assert per_block == 62
+    assert block_stat["overflow_pages"] == 2 * (128 * 1024 // 4096)
+    zeroed, freed_owner, kept_owner = zeroed
     assert not zeroed.any()  # the deleted feature is gone from the live data
-    new_slot, changed_slot, changed_record, last_record, free = after
+    assert freed_owner == (None, None)
+    assert kept_owner == (keys.face_key(records[4]["face_id"]), "p4")
+    new_slot, changed_slot, changed_record, last_record, free, new_owner = after
+    assert new_owner == (keys.face_key(newcomer["face_id"]), "q")
     assert new_slot == slots[3] and changed_slot == slots[5] and free == 0
     assert changed_record["feature"] == changed["feature"] != records[5]["feature"]
     assert changed_record["identity_id"] == "p5" and changed_record["created_at"] == 6.5
@@ -618,6 +637,48 @@ def test_map_at_its_cap_refuses_with_insufficient_space(store_factory):
 
     written, count, map_size = run(scenario())
     assert 0 < written < 100 and count == written and map_size == 1024 * 1024
+
+
+def test_a_map_full_to_the_last_page_can_still_be_freed_by_deleting(store_factory):
+    """Deleting copies the pages it changes (a face's whole feature block), so in a map full
+    to its last page it needs room: removals may grow the map past its cap by a reserve,
+    and the map is shrunk back right after, so other writes never get that reserve."""
+    rng = np.random.default_rng(5)
+    cap = 1024 * 1024
+
+    async def scenario():
+        store = store_factory(map_size_bytes=256 * 1024, max_map_size_bytes=cap)
+        await store.open()
+        face_id = await store.write(create_identity, "a", unit(rng))
+        blobs: List[str] = []
+        size = 64 * 1024
+        while size >= 64:  # ever smaller blobs: the map full to its last pages
+            blob_id = str(uuid.uuid4())
+            try:
+                await store.write(lambda t, i=blob_id, s=size: (
+                    images.put(t, i, os.urandom(s)), None))
+                blobs.append(blob_id)
+            except InsufficientSpaceLeft:
+                size //= 4
+        with pytest.raises(InsufficientSpaceLeft):
+            await store.write(create_identity, "b", unit(rng))
+
+        def remove(txn):  # what deleteidentities does, with some large photos
+            identities.delete(txn, "a")
+            faces.delete(txn, face_id)
+            for blob_id in blobs[:4]:
+                images.delete(txn, blob_id)
+            return None, None
+
+        await store.write(remove, check_free_space=False)
+        after_delete = store.map_size_bytes
+        await store.write(create_identity, "b", unit(rng))  # the freed pages are reused
+        return after_delete, await store.read(lambda t: [r["identity_id"] for r in
+                                                          identities.iter_all(t)])
+
+    after_delete, remaining = run(scenario())
+    assert cap <= after_delete < cap + 256 * 1024  # shrunk back: at most what is in use
+    assert remaining == ["b"]
 
 
 # ---------------------------------------------------------------------------- full disk
