@@ -209,6 +209,16 @@ def _workers(out: _Families, workers: Mapping[str, Any]) -> None:
     out.counter("worker_refused_requests",
                 "API requests refused with 503 because they would not fit the time or bytes "
                 "budget.", _number(workers, "refused"))
+    recovery = _section(workers, "recovery")
+    out.counter("worker_failed_jobs", "Jobs whose inference raised (their worker was checked).",
+                _number(recovery, "failed_jobs"))
+    out.counter("worker_rebuilt_pipelines",
+                "Worker pipelines rebuilt with new runtime sessions after a failure.",
+                _number(recovery, "rebuilt"))
+    out.counter("worker_replaced", "Workers replaced because a job never returned.",
+                _number(recovery, "replaced"))
+    out.gauge("worker_recovering", "Workers being checked or rebuilt now.",
+              _number(recovery, "recovering"))
     for job, ms in sorted(_section(workers, "service_ms").items()):
         if isinstance(ms, (int, float)):
             out.gauge("worker_service_estimate_seconds",
@@ -242,6 +252,9 @@ def _store(out: _Families, store: Mapping[str, Any]) -> None:
     out.gauge("gallery_faces", "Faces in the gallery (registered, searchable).",
               _number(store, "faces"))
     out.gauge("store_events", "Events stored (after retention).", _number(store, "events"))
+    out.counter("store_events_not_recorded",
+                "Events dropped because the store was full (INSUFFICIENT_SPACE_LEFT).",
+                _number(store, "events_not_recorded"))
 
 
 def _pushes(out: _Families, push: Mapping[str, Any]) -> None:

@@ -161,7 +161,9 @@ def test_names_follow_prometheus_conventions(server: LiveServer) -> None:
     for must in ("sophon_face_http_requests", "sophon_face_http_request_duration_seconds",
                  "sophon_face_pipeline_stage_duration_seconds", "sophon_face_gallery_faces",
                  "sophon_face_store_events", "sophon_face_history_push_pending_events",
-                 "sophon_face_worker_queue_jobs", "sophon_face_push_failures"):
+                 "sophon_face_worker_queue_jobs", "sophon_face_push_failures",
+                 "sophon_face_worker_failed_jobs", "sophon_face_worker_replaced",
+                 "sophon_face_store_events_not_recorded", "sophon_face_worker_refused_requests"):
         assert must in result.families, must
     assert result.families["sophon_face_http_requests"].type == "counter"
     assert result.families["sophon_face_http_request_duration_seconds"].type == "histogram"
