@@ -35,9 +35,16 @@ EXTRAS_REQUIRE = {
         "vermin>=1.5",
         "jsonschema>=4.18",  # the OpenAPI document's examples (tests/api/test_openapi.py)
         "openapi-spec-validator>=0.7.1,!=0.7.2",  # 0.7.2 does not import on Python 3.8
+        # Fuzzing /openapi.json (tests/api/test_fuzz_openapi.py, bench/fuzz/). 4.x: native
+        # OpenAPI 3.1, no pytest pin (3.x wants pytest < 9). 4.30 needs Python >= 3.10;
+        # on the box's 3.8 the test skips.
+        "schemathesis>=4.30,<5; python_version>='3.10'",
     ],
     "bench": [
         "faiss-cpu>=1.7",  # the search baseline of bench/search.py
+        # The load generator of bench/load.py (headless; pulls gevent). Never on the box:
+        # bench/load.py drives a daemon from another machine or the dev host.
+        "locust>=2.20",
     ],
 }
 
