@@ -34,13 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
-import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +46,8 @@ from typing import Any, Dict, List, Sequence
 import cv2
 import numpy as np
 
-from measure import (DEVSET_DIR, PROJECT_DIR, RESULTS_DIR, TEST_DATA_DIR, CpuShare,
+from daemon import DaemonProcess
+from measure import (DEVSET_DIR, MODEL_CACHE, RESULTS_DIR, TEST_DATA_DIR, CpuShare,
                      describe_machine, machine, markdown_table, mib, save_results)
 
 from sophon_face.config import Config, config_from_mapping
@@ -61,7 +58,6 @@ from sophon_face.tools.journal import Journal
 from sophon_face.tools.progress import Progress
 from sophon_face.tools.targets import HttpTarget, open_direct
 
-MODEL_CACHE = RESULTS_DIR / "models"
 #: tests/data portraits that pass fiqa_level high (the others are too small or faceless).
 PORTRAITS = ("ardern_2018.jpg", "ardern_2022.jpg", "macron_2025.jpg", "obama_senate.jpg",
              "sunak.jpg", "gauss.png")
@@ -98,56 +94,10 @@ def tree_bytes(root: Path) -> int:
 
 # ---------------------------------------------------------------- the daemon
 
-class Daemon:
-    """``python -m sophon_face serve`` in its own process, on a free port and a fresh
-    data directory; every other port it opens is ephemeral."""
-
-    def __init__(self, root: Path, workers: int, threads: int) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = root / "data"
-        conf = root / "conf.yaml"
-        conf.write_text(json.dumps(daemon_settings(self.data_dir, workers, threads,
-                                                   port=self.port)), encoding="utf-8")
-        self.log = open(root / "daemon.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sophon_face", "serve", "--config", str(conf)],
-            cwd=str(PROJECT_DIR), stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_healthy()
-
-    def _wait_healthy(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.process.returncode}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/health")
-                response = conn.getresponse()
-                payload = json.loads(response.read() or b"{}")
-                conn.close()
-                if response.status == 200 and payload.get("status") == "ok":
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("daemon did not become healthy")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-def daemon_settings(data_dir: Path, workers: int, threads: int, port: int = 5555) -> Dict[str, Any]:
+def daemon_settings(data_dir: Path, workers: int, threads: int) -> Dict[str, Any]:
+    """The daemon's settings in both modes (over HTTP, DaemonProcess adds the port)."""
     return {
-        "server": {"host": "127.0.0.1", "port": port, "ws_port": 0},
+        "server": {"ws_port": 0},
         "preview": {"port": 0, "control_port": 0},
         "storage": {"data_dir": str(data_dir), "min_free_bytes": 0},
         "models": {"cache_dir": str(MODEL_CACHE)},
@@ -196,7 +146,7 @@ def run_http(name: str, source: Path, workers: int, threads: int, work: Path,
              export: bool) -> Dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"http-{name}-{workers}-", dir=work))
     started = time.perf_counter()
-    daemon = Daemon(root, workers, threads)
+    daemon = DaemonProcess(root, daemon_settings(root / "data", workers, threads))
     setup_s = time.perf_counter() - started
     try:
         async def go() -> Dict[str, Any]:

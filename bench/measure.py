@@ -10,6 +10,7 @@ Linux only (``/proc``), like the daemon's targets.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -25,6 +26,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 #: Git-ignored: JSON results, the prepared models and the cached LMDB fixtures.
 RESULTS_DIR = BENCH_DIR / "results"
+#: The prepared models (prepare_models' cache), shared by every benchmark and daemon.
+MODEL_CACHE = RESULTS_DIR / "models"
 #: Labelled photos for tuning and benchmarks: read in place, never copied into the project.
 DEVSET_DIR = Path("/work/shared/data/devset")
 #: Licence-clear photos of the test suite.
@@ -99,7 +102,7 @@ def _machine_jiffies() -> List[int]:
     return values
 
 
-def _process_jiffies(pid: int) -> int:
+def _process_jiffies(pid: int, children: bool = True) -> int:
     try:
         with open(f"/proc/{pid}/stat", "r", encoding="ascii") as fh:
             text = fh.read()
@@ -107,7 +110,12 @@ def _process_jiffies(pid: int) -> int:
         return 0
     fields = text[text.rindex(")") + 2:].split()
     # utime stime cutime cstime are fields 14-17 (1-based), 12-15 after the command.
-    return sum(int(v) for v in fields[11:15])
+    return sum(int(v) for v in fields[11:15 if children else 13])
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used itself so far; 0 once it is gone."""
+    return _process_jiffies(pid, children=False) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuShare:
@@ -206,6 +214,17 @@ def describe_machine(facts: Dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- output
+
+def progress(log: logging.Logger, label: str, done: int, total: int, every: int = 1) -> None:
+    """``done`` of ``total``: one updated line on a terminal, else a log line every
+    ``every`` steps and at the end (on the caller's logger, which its CLI turned up)."""
+    if sys.stderr.isatty():
+        print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
+        if done == total:
+            print(file=sys.stderr)
+    elif done == total or done % every == 0:
+        log.info("%s: %d/%d", label, done, total)
+
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     def cell(value: Any) -> str:

@@ -44,10 +44,8 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -57,6 +55,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from daemon import DaemonProcess
 from measure import (DEVSET_DIR, IMAGE_SUFFIXES, PROJECT_DIR, RESULTS_DIR, TEST_DATA_DIR,
                      CpuShare, Stats, describe_machine, machine, markdown_table, memory_of, mib,
                      ratio, save_results)
@@ -78,7 +77,6 @@ MEMORY_GOAL_RATIO = 1.2
 FIXTURE_FACES_PER_TXN = 2_000
 FIXTURE_GROUPS = 10
 CONCURRENCY = (1, 4, 16)
-MODEL_CACHE = RESULTS_DIR / "models"
 
 
 def parse_size(text: str) -> int:
@@ -589,58 +587,12 @@ def gallery_table(result: Dict[str, Any]) -> str:
 
 # ============================================================== enrolment
 
-class Daemon:
-    """``python -m sophon_face serve`` in its own process, on a free port, a temp data dir."""
-
-    def __init__(self, name: str, threads: int) -> None:
-        self.data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=RESULTS_DIR))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        config = {
-            "server": {"host": "127.0.0.1", "port": self.port},
-            "storage": {"data_dir": str(self.data_dir / "data"), "min_free_bytes": 0},
-            "models": {"cache_dir": str(MODEL_CACHE)},
-            "workers": {"count": 1, "intra_op_threads": threads},
-            "recognition": {"library_capacity": 10_000_000},
-            "logging": {"level": "WARNING"},
-        }
-        conf = self.data_dir / "conf.yaml"
-        conf.write_text(json.dumps(config), encoding="utf-8")  # JSON is YAML
-        self.log = open(self.data_dir / "daemon.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "sophon_face", "serve", "--config", str(conf)],
-            cwd=str(PROJECT_DIR), stdout=self.log, stderr=subprocess.STDOUT)
-        self._wait_healthy()
-
-    def _wait_healthy(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.process.returncode}; "
-                                   f"see {self.data_dir / 'daemon.log'}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/health")
-                response = conn.getresponse()
-                payload = json.loads(response.read() or b"{}")
-                conn.close()
-                if response.status == 200 and payload.get("status") == "ok":
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.5)
-        raise RuntimeError("daemon did not become healthy")
-
-    def stop(self) -> None:
-        self.process.terminate()  # SIGTERM to this pid only: graceful aiohttp shutdown
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+def enrol_daemon(mode: str, threads: int) -> DaemonProcess:
+    """A fresh daemon: one worker of ``threads`` intra-op threads, room for 10M faces."""
+    return DaemonProcess.in_temp_dir(f"bench-{mode}-", {
+        "workers": {"count": 1, "intra_op_threads": threads},
+        "recognition": {"library_capacity": 10_000_000},
+    })
 
 
 def run_clients(port: int, bodies: Sequence[bytes], concurrency: int) -> Dict[str, Any]:
@@ -714,11 +666,11 @@ def run_enrol(feature_requests: int, image_requests: int, threads: int) -> Dict[
     out: Dict[str, Any] = {"runs": []}
     photos = enrol_photos()
     for mode in ("register_feature", "register_image"):
-        daemon = Daemon(mode, threads)
+        daemon = enrol_daemon(mode, threads)
         try:
             idle = memory_of(daemon.process.pid)
             out.setdefault("daemon_idle_memory", idle)
-            dim = _daemon_feature_dim(daemon.port)
+            dim = int(daemon.request("GET", "/health", fresh=True)[1]["feature_dim"])
             for concurrency in CONCURRENCY:
                 if mode == "register_feature":
                     bodies = feature_bodies(feature_requests, dim, seed=concurrency)
@@ -738,14 +690,6 @@ def run_enrol(feature_requests: int, image_requests: int, threads: int) -> Dict[
         finally:
             daemon.stop()
     return out
-
-
-def _daemon_feature_dim(port: int) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("GET", "/health")
-    dim = int(json.loads(conn.getresponse().read())["feature_dim"])
-    conn.close()
-    return dim
 
 
 def enrol_table(result: Dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ import cv2
 
 from inprocess import InProcessDaemon
 from measure import (PROJECT_DIR, RESULTS_DIR, TEST_DATA_DIR, CpuShare, Stats, describe_machine,
-                     machine, markdown_table, memory_of, mib, ratio, save_results)
+                     machine, markdown_table, memory_of, mib, progress, ratio, save_results)
 
 from sophon_face.backends.onnx import OnnxBackend
 from sophon_face.config import config_from_mapping
@@ -48,15 +48,6 @@ from tests.video_media import REGISTERED, SCENE, SCENE_S, head_factory, write_vi
 MANIFEST = PROJECT_DIR / "models" / "cpu.yaml"
 MODEL_CACHE = RESULTS_DIR / "models"
 log = logging.getLogger("bench.video")
-
-
-def progress(label: str, done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
-        if done == total:
-            print(file=sys.stderr)
-    else:
-        log.info("%s: %d/%d", label, done, total)
 
 
 class _Daemon(InProcessDaemon):
@@ -204,9 +195,9 @@ def main() -> int:
         video = make_scene(models, work / "videos")
         plan = [(1, 60.0), (1, 8.0), (2, 8.0), (4, 8.0)]
         for i, (devices, fps) in enumerate(plan):
-            progress("throughput runs", i, len(plan))
+            progress(log, "throughput runs", i, len(plan))
             runs.append(throughput(models, work, video, devices, fps, seconds, api_calls))
-        progress("throughput runs", len(plan), len(plan))
+        progress(log, "throughput runs", len(plan), len(plan))
         events = events_run(models, work, video)
     finally:
         shutil.rmtree(str(work), ignore_errors=True)

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import namedtuple
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -41,28 +41,10 @@ from ..video_media import Passage, write_video
 from .conftest import TEST_DATA_DIR
 from .live import LiveServer, Reply, b64_of
 from .receiver import Receiver
+from .video_support import health, ok, wait_for
 
 #: A small registration photo, quick to analyse.
 FILL_PHOTO = TEST_DATA_DIR / "macron_2014.jpg"
-
-
-def ok(reply: Reply) -> Dict[str, Any]:
-    assert reply.status == 200, reply
-    return reply.json
-
-
-def health(server: LiveServer) -> Dict[str, Any]:
-    return server.request("GET", "/health").json
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def config_for(data_dir: Path, *, roots: Optional[List[Path]] = None,

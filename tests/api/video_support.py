@@ -46,13 +46,15 @@ def health(server: LiveServer) -> Dict[str, Any]:
     return server.request("GET", "/health").json
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str,
+             poll_s: float = 0.2) -> Any:
+    """``predicate``'s first true value; a short ``poll_s`` catches a passing moment."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(poll_s)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import cv2
 import pytest
@@ -48,6 +48,7 @@ from sophon_face.store.env import LMDB_SUBDIR, Store
 from sophon_face.tools.restore import restore_backup
 
 from ..api.receiver import Receiver
+from ..api.video_support import wait_for
 from ..video_media import Passage, head_factory, write_video
 from .crash_harness import (REPO_DIR, TEST_DATA_DIR, Daemon, read_store, store_violations,
                             write_config)
@@ -56,20 +57,13 @@ from .test_bulk_import import (GOOD, _copy, _journaled, _start_import, _when_jou
                                gallery_view, run_export, run_import)
 
 pytestmark = pytest.mark.crash
+#: The moments these tests catch (a backup mid-copy, requests or a POST in flight) can
+#: last a fraction of a second.
+MOMENT_POLL_S = 0.02
 
 
 def b64(name: str) -> str:
     return base64.b64encode((TEST_DATA_DIR / name).read_bytes()).decode("ascii")
-
-
-def wait_for(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def daemon_config(tmp_path: Path, prepared_models: Dict[str, Path],
@@ -153,7 +147,7 @@ def test_sigkill_during_a_backup_leaves_the_previous_archive_and_the_store_untou
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             wait_for(lambda: any(seen(f) for f in work_files()) or backup.poll() is not None,
-                     60, f"the backup's {moment}")
+                     60, f"the backup's {moment}", poll_s=MOMENT_POLL_S)
             os.kill(backup.pid, signal.SIGKILL)
         finally:
             backup.wait()
@@ -257,7 +251,8 @@ def test_sigterm_answers_requests_in_flight_and_records_the_push_in_flight(
                 "HISTORY_EVENT_UPLOAD_URL": receiver.url,
                 "HISTORY_REPORT_PEROID": 1}}).status == 200
             assert daemon.post("search", {"rgb_image_base64": b64("ardern_2022.jpg")}).status == 200
-            first = wait_for(receiver.event_ids, 10, "the history POST")[0]  # in flight, 4 s
+            first = wait_for(receiver.event_ids, 10, "the history POST",  # in flight, 4 s
+                             poll_s=MOMENT_POLL_S)[0]
 
             def search() -> None:
                 reply = daemon.post("search", {"rgb_image_base64": b64("solvay_1927_group.jpg")})
@@ -267,7 +262,7 @@ def test_sigterm_answers_requests_in_flight_and_records_the_push_in_flight(
             for client in clients:
                 client.start()
             wait_for(lambda: daemon.health()["workers"]["pending"] >= 2, 10,
-                     "requests in flight")
+                     "requests in flight", poll_s=MOMENT_POLL_S)
             stopped_at = time.monotonic()
             assert daemon.stop(timeout_s=20) == 0
             for client in clients:
