@@ -38,14 +38,6 @@ def _toy_fn(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in _reference(feeds["data"]).items()}
 
 
-@pytest.fixture
-def fake_sail(monkeypatch):
-    fake = fake_sail_module.install(monkeypatch)
-    yield fake
-    # Contract breaches the real SAIL would not report, even if the backend wrapped them.
-    assert fake.VIOLATIONS == []
-
-
 def toy_model(fake, tmp_path: Path, batch_sizes: Sequence[int] = (4,), *, name: str = "toy",
               input_dtype=None, input_scale: float = 1.0, output_dtype=None,
               output_scale: float = 1.0, dynamic: bool = False) -> str:

@@ -24,7 +24,6 @@ import pytest
 from sophon_face.backends.base import BackendError
 from sophon_face.backends.batching import BatchingBackend
 from sophon_face.backends.sail import SailBackend
-from tests.fakes import sail as fake_sail_module
 
 SAMPLE = (3, 8, 8)
 FEATURES = 5
@@ -43,13 +42,6 @@ def _toy_fn(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 def _batch(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1.0, 1.0, (n,) + SAMPLE).astype(np.float32)
-
-
-@pytest.fixture
-def fake_sail(monkeypatch):
-    fake = fake_sail_module.install(monkeypatch)
-    yield fake
-    assert fake.VIOLATIONS == []
 
 
 def toy_graph(fake, batch_sizes: Sequence[int] = (1, 4), *, tpu_time_s: float = 0.0,

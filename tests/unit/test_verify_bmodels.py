@@ -48,13 +48,6 @@ def _load_script():
 vb = _load_script()
 
 
-@pytest.fixture
-def fake_sail(monkeypatch):
-    fake = fake_sail_module.install(monkeypatch)
-    yield fake
-    assert fake.VIOLATIONS == []
-
-
 @pytest.fixture(scope="module")
 def photos_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("photos")
