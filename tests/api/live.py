@@ -78,7 +78,7 @@ class LiveServer:
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
                 headers: Optional[Dict[str, str]] = None, timeout: float = 120) -> Reply:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = self.connection(timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
@@ -86,6 +86,10 @@ class LiveServer:
                          response.read())
         finally:
             conn.close()
+
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A new connection to the server (a TLS server's tests return an HTTPS one)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 
     def post(self, endpoint: str, payload: Any = None, **kwargs: Any) -> Reply:
         """POST JSON to ``/sophon/v2/face/<endpoint>``."""

@@ -61,19 +61,11 @@ class GuardedDaemon(LiveServer):
         self.preview_port = app[PREVIEW_PORT]
         self.preview_control_port = app[PREVIEW_CONTROL_PORT]
 
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None, timeout: float = 120) -> Reply:
+    def connection(self, timeout: float) -> http.client.HTTPConnection:
         if self.tls is None:
-            return super().request(method, path, body, headers, timeout)
-        conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+            return super().connection(timeout)
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
                                            context=self.tls)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()},
-                         response.read())
-        finally:
-            conn.close()
 
     def ws_urls(self, scheme: str = "ws") -> Dict[str, str]:
         return {"realtime": f"{scheme}://127.0.0.1:{self.ws_port}/",
