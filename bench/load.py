@@ -17,7 +17,8 @@ clients, beside the model-bound throughput of the same mix measured in the same 
                          same person)
    createidentity 10     ``register_image`` of a workload photo, ``fiqa_level`` no
                          (a new identity each time: the gallery grows during the run)
-   getidentities  20     page 0-49 of 10, one call in four filtered by a name part
+   getidentities  20     page 0-49 of 10, one call in four filtered by a part of a devset
+                         person's name, upper-cased (``OBAMA``, ``P02``)
    getevents      15     page 0-4 of 10, one call in four filtered by a devset id
    ============== ====== ===========================================================
 
@@ -229,9 +230,11 @@ def workload(kept: Sequence[Tuple[str, bytes]], persons: Sequence[str]) -> Dict[
         "createidentity": [json.dumps({"register_image": e, "fiqa_level": "no",
                                        "identity_name": "load"}) for e in encoded],
         "getidentities": [], "getevents": []}
-    for page in range(50):
+    for page in range(50):  # a name filter: the part of a person's name a clerk would type
+        person = persons[page % len(persons)] if persons else "nobody"
         bodies["getidentities"].append(json.dumps(
-            {"filters": {"identity_name": f"{page % 10}"}, "page_limit": 10, "page_index": 0}
+            {"filters": {"identity_name": person.rsplit("_", 1)[-1].upper()}, "page_limit": 10,
+             "page_index": 0}
             if page % 4 == 3 else {"page_limit": 10, "page_index": page}))
     for page in range(20):
         person = persons[page % len(persons)] if persons else "nobody"

@@ -29,7 +29,7 @@ from ..store.env import Store, Txn
 from ..store.gallery import AddFace, GalleryChange, RemoveFace, RemoveIdentity, SetGroups
 from ..workers.pool import WorkerPool
 from .analysis import ImageAccess, image_input
-from .paging import page_of
+from .paging import page_of, page_of_counted
 
 IDENTITY_FIELDS = ("ext_user_info", "face_ids", "identity_id", "identity_name",
                    "permission_ids", "register_image_ids", "user_type")
@@ -168,8 +168,21 @@ class IdentityService:
                     and (exact_id is None or record["identity_id"] == exact_id))
 
         def scan(txn: Txn) -> Tuple[List[Dict[str, Any]], Dict[str, int]]:
-            return page_of((r for r in identities.iter_in_order(txn) if matches(r)),
-                           page_limit, page_index)
+            # Read as few records as the filters allow: a management platform pages
+            # through the whole library, a door pad lists one group or one id.
+            candidates: Iterable[Dict[str, Any]]
+            if exact_id is not None:
+                record = identities.get(txn, exact_id)
+                candidates = [record] if record is not None else []
+            elif groups:
+                candidates = identities.members_in_order(txn, groups)
+            elif needle is None:
+                return page_of_counted(identities.count(txn),
+                                       lambda skip: identities.iter_in_order(txn, skip),
+                                       page_limit, page_index)
+            else:
+                candidates = identities.iter_named_in_order(txn, needle)
+            return page_of((r for r in candidates if matches(r)), page_limit, page_index)
 
         records, pagination = await self._store.read(scan)
         return {"identities": [render_identity(r) for r in records], "pagination": pagination}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Tuple, TypeVar
+from typing import Callable, Dict, Iterable, Iterator, List, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -23,4 +23,23 @@ def page_of(items: Iterable[T], page_limit: int, page_index: int) -> Tuple[List[
         if start <= total < start + limit:
             page.append(item)
         total += 1
-    return page, {"page_index": page_index, "page_limit": limit, "total_count": total}
+    return page, _pagination(page_index, limit, total)
+
+
+def page_of_counted(total: int, items_after: Callable[[int], Iterator[T]], page_limit: int,
+                    page_index: int) -> Tuple[List[T], Dict[str, int]]:
+    """``page_of`` for an unfiltered list whose size is known (``total``) and which can
+    start at any position (``items_after(skip)``): reads the page's items only."""
+    limit = min(page_limit, MAX_PAGE_LIMIT)
+    start = page_index * limit
+    page: List[T] = []
+    if start < total:
+        for item in items_after(start):
+            page.append(item)
+            if len(page) == limit:
+                break
+    return page, _pagination(page_index, limit, total)
+
+
+def _pagination(page_index: int, limit: int, total: int) -> Dict[str, int]:
+    return {"page_index": page_index, "page_limit": limit, "total_count": total}

@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 from sophon_face.errors import IdNotFound
 from sophon_face.store import codec, keys, meta
 from sophon_face.store.env import Txn
+from sophon_face.store.name_filter import NameFilter
 
 KIND = "identity"
 
@@ -86,16 +87,41 @@ def delete(txn: Txn, identity_id: str) -> Optional[Dict[str, Any]]:
     return record
 
 
-def iter_in_order(txn: Txn) -> Iterator[Dict[str, Any]]:
-    """Every identity, oldest first (the order of getidentities, api/README.md section 9)."""
+def iter_in_order(txn: Txn, skip: int = 0) -> Iterator[Dict[str, Any]]:
+    """Every identity, oldest first (the order of getidentities, api/README.md section 9),
+    after the first ``skip``: those are stepped over in the order index without reading
+    their records, so a page deep in a large library costs its own records only."""
+    for data in _records_in_order(txn, skip):
+        yield codec.unpack(KIND, data)
+
+
+def iter_named_in_order(txn: Txn, needle: str) -> Iterator[Dict[str, Any]]:
+    """The identities whose lower-cased name contains ``needle`` (already lower-cased),
+    oldest first: getidentities' name filter. Records that cannot match are skipped
+    without being decoded (name_filter.py says why that is exact)."""
+    name_filter = NameFilter(needle)
+    for data in _records_in_order(txn):
+        if name_filter.may_match(data):
+            record = codec.unpack(KIND, data)
+            if name_filter.matches(record["identity_name"]):
+                yield record
+
+
+def _records_in_order(txn: Txn, skip: int = 0) -> Iterator[bytes]:
+    """The packed identity records in creation order, after the first ``skip``."""
     cursor = txn.raw.cursor(db=txn.dbs.identity_order)
+    if not cursor.first():
+        return
+    for _ in range(skip):
+        if not cursor.next():
+            return
     for key in cursor.iternext(keys=False, values=True):
         data = txn.raw.get(key, db=txn.dbs.identities)
         if data is None:
             # Both entries are always written and deleted together; a dangling one means
             # the file was edited outside the store, which is worth a loud failure.
             raise codec.StoreFormatError(f"identity_order points at a missing identity {key!r}")
-        yield codec.unpack(KIND, data)
+        yield data
 
 
 def iter_all(txn: Txn) -> Iterator[Dict[str, Any]]:
@@ -136,6 +162,24 @@ def iter_memberships(txn: Txn) -> Iterator[Tuple[str, str]]:
             permission_id = _permission_id_of(txn, permission_key)
             last_key = permission_key
         yield _identity_id_of(txn, identity_key), permission_id
+
+
+def members_in_order(txn: Txn, permission_ids: Iterable[str]) -> List[Dict[str, Any]]:
+    """The identities in at least one of the groups, oldest first, read through the
+    ``group_members`` index: a group's listing costs its members, not the library."""
+    cursor = txn.raw.cursor(db=txn.dbs.group_members)
+    member_keys = set()
+    for permission_id in set(permission_ids):
+        if permission_id and cursor.set_key(keys.permission_key(permission_id)):  # "": none
+            member_keys.update(cursor.iternext_dup(keys=False, values=True))
+    records = []
+    for key in member_keys:
+        data = txn.raw.get(key, db=txn.dbs.identities)
+        if data is None:
+            raise codec.StoreFormatError(f"group_members points at a missing identity {key!r}")
+        records.append(codec.unpack(KIND, data))
+    records.sort(key=lambda record: record["seq"])
+    return records
 
 
 def iter_groups(txn: Txn) -> Iterator[Tuple[str, List[str]]]:

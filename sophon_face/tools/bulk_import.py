@@ -68,6 +68,9 @@ STOPPING_CODES = frozenset({"GROUP_LEN_ERROR", "INSUFFICIENT_SPACE_LEFT"})
 UNREACHABLE = "CONNECTION_ERROR"
 DEFAULT_ATTEMPTS = 4
 RETRY_BASE_S = 0.5
+#: A busy daemon's Retry-After is honoured up to this (the daemon's own is under its
+#: workers.max_wait_s, 30 s by default).
+MAX_RETRY_AFTER_S = 120.0
 
 EXIT_OK = 0
 EXIT_FAILURES = 1
@@ -446,9 +449,12 @@ class Importer:
             return _Attempt.FAILED
         level = self.options.fiqa_level
         code, message = "", ""
+        retry_after_s = 0.0  # a busy daemon's Retry-After: wait at least that long
         for attempt in range(self.options.attempts):
             if attempt:
-                await asyncio.sleep(self.options.retry_base_s * 2 ** (attempt - 1))
+                await asyncio.sleep(max(self.options.retry_base_s * 2 ** (attempt - 1),
+                                        retry_after_s))
+                retry_after_s = 0.0
             ours = run.ours
             if ours:
                 body = {"identity_id": run.identity.identity_id}
@@ -459,6 +465,7 @@ class Importer:
                 face_id, image_id = await self._send(body, ours)
             except ServiceBusy as exc:
                 code, message = exc.code, exc.message
+                retry_after_s = min(exc.retry_after_s or 0.0, MAX_RETRY_AFTER_S)
                 continue
             except TargetUnavailable as exc:
                 code, message = UNREACHABLE, str(exc)

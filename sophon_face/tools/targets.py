@@ -114,20 +114,30 @@ def _json_bytes(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
-def _error_of(status: int, data: bytes) -> Exception:
-    """The ApiError of an error envelope; a reply without one is not from our daemon."""
+def _error_of(status: int, data: bytes, retry_after: Optional[str] = None) -> Exception:
+    """The ApiError of an error envelope; a reply without one is not from our daemon.
+    A 503's ``Retry-After`` (seconds) travels in its ServiceBusy."""
     try:
         error = json.loads(data.decode("utf-8"))["error"]
         code, message = str(error["code"]), str(error.get("message", ""))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         return TargetUnavailable(f"HTTP {status} without an error envelope: {data[:200]!r}",
                                  sent=True)
-    if status == 503:
-        return ServiceBusy(message)  # refused before any work: safe to send again
+    if status == 503:  # refused before any work: safe to send again
+        return ServiceBusy(message, retry_after_s=_seconds(retry_after))
     try:
         return error_class(code)(message)
     except KeyError:
         return RemoteError(code, message)
+
+
+def _seconds(retry_after: Optional[str]) -> Optional[float]:
+    """A ``Retry-After`` in seconds; None for none, an HTTP date or anything else."""
+    try:
+        value = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < float("inf") else None
 
 
 class HttpTarget:
@@ -157,7 +167,9 @@ class HttpTarget:
         if session is not None:
             await session.close()
 
-    async def _request(self, method: str, path: str, body: Any = None) -> Tuple[int, bytes]:
+    async def _request(self, method: str, path: str,
+                       body: Any = None) -> Tuple[int, bytes, Optional[str]]:
+        """(status, body, Retry-After header)."""
         import aiohttp
 
         session = self._session
@@ -172,7 +184,8 @@ class HttpTarget:
         try:
             async with session.request(method, self._base + path, data=data,
                                        headers=headers) as response:
-                return response.status, await response.read()
+                return (response.status, await response.read(),
+                        response.headers.get("Retry-After"))
         except aiohttp.ClientConnectorError as exc:
             raise TargetUnavailable(f"{self.name} unreachable: {exc}", sent=False) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -180,9 +193,9 @@ class HttpTarget:
                                     sent=True) from None
 
     async def _post(self, endpoint: str, body: Dict[str, Any]) -> Dict[str, Any]:
-        status, data = await self._request("POST", API_PREFIX + endpoint, body)
+        status, data, retry_after = await self._request("POST", API_PREFIX + endpoint, body)
         if status != 200:
-            raise _error_of(status, data)
+            raise _error_of(status, data, retry_after)
         try:
             return json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -190,7 +203,7 @@ class HttpTarget:
                                     sent=True) from None
 
     async def health(self) -> Dict[str, Any]:
-        status, data = await self._request("GET", "/health")
+        status, data, _ = await self._request("GET", "/health")
         try:
             return json.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError):
@@ -230,12 +243,12 @@ class HttpTarget:
             return None
 
     async def register_image(self, image_id: str) -> Optional[bytes]:
-        status, data = await self._request(
+        status, data, retry_after = await self._request(
             "GET", API_PREFIX + "getregisterimage/" + quote(image_id, safe=""))
         if status == 404:
             return None  # R4: unknown, or registered from a feature (R19)
         if status != 200:
-            raise _error_of(status, data)
+            raise _error_of(status, data, retry_after)
         return data
 
     async def list_identities(self, page_index: int, page_limit: int) -> Dict[str, Any]:

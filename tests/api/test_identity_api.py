@@ -172,6 +172,67 @@ def test_list_filters_and_pagination(fresh_server):
     assert clamped["pagination"]["page_limit"] == 1000
 
 
+def test_list_pages_and_filters_agree_with_a_model_of_the_library(fresh_server):
+    """Every listing path (whole library by position, one group through the group index,
+    an exact id, a name scan) against the test's own record of what it did: creations,
+    deletions leaving gaps in the order, group changes, a re-creation moving to the end."""
+    server = fresh_server
+    groups = [server.post("createpermission", {"permission_name": f"g{g}"}).json["permission_id"]
+              for g in range(3)]
+    rng = np.random.default_rng(7)
+    library = {}  # identity_id -> (name, groups), in creation order
+    # ASCII and non-ASCII names (the name filter skips decoding ASCII records whose bytes
+    # lack the needle); the Kelvin sign lower-cases to an ASCII "k", and an id holding the
+    # needle must not match by its id.
+    odd_names = ["\u212aelvin", "KELVIN", "小王 Kel", "İstanbul", "kel-in-id"]
+    for i in range(40):
+        member_of = [g for g in groups if rng.random() < 0.4]
+        name = odd_names[i // 8] if i % 8 == 7 else f"Person {i % 7} {'ab'[i % 2]}"
+        create(server, register_feature=unit_feature(100 + i), identity_id=f"m{i:02d}",
+               identity_name=name, permission_ids=member_of)
+        library[f"m{i:02d}"] = (name, member_of)
+    create(server, register_feature=unit_feature(98), identity_id="kelvin-by-id",
+           identity_name="Nobody")
+    library["kelvin-by-id"] = ("Nobody", [])
+    gone = [f"m{i:02d}" for i in (0, 5, 6, 17, 39)]
+    assert server.post("deleteidentities", {"identity_ids": gone}).status == 200
+    for identity_id in gone:
+        del library[identity_id]
+    for identity_id in ("m03", "m20"):
+        assert server.post("updateidentity", {"identity_id": identity_id,
+                                              "permission_ids": [groups[2]]}).status == 200
+        library[identity_id] = (library[identity_id][0], [groups[2]])
+    create(server, register_feature=unit_feature(99), identity_id="m10", identity_name="Again",
+           permission_ids=[groups[0]], force_replace=True)
+    del library["m10"]
+    library["m10"] = ("Again", [groups[0]])
+
+    def expected(filters):
+        return [i for i, (name, member_of) in library.items()
+                if (not filters.get("permission_id_list")
+                    or set(filters["permission_id_list"]) & set(member_of))
+                and filters.get("identity_name", "").lower() in name.lower()
+                and filters.get("identity_id", i) == i]
+
+    cases = [{}, {"permission_id_list": [groups[0]]}, {"permission_id_list": groups[1:] + ["x"]},
+             {"permission_id_list": ["x"]}, {"permission_id_list": ["", groups[1]]},
+             {"identity_id": "m11"}, {"identity_id": "m05"}, {"identity_id": ""},
+             {"identity_name": "person 3"}, {"identity_name": "B", "permission_id_list": [groups[2]]},
+             {"identity_name": "KEL"}, {"identity_name": "i̇st"}, {"identity_name": "王"},
+             {"identity_name": "zzz"},
+             {"identity_id": "m20", "permission_id_list": [groups[2]]}]
+    for filters in cases:
+        matching = expected(filters)
+        for limit in (1, 3, 10):
+            for index in range(len(matching) // limit + 2):
+                answer = server.post("getidentities", {"filters": filters, "page_limit": limit,
+                                                       "page_index": index}).json
+                assert [i["identity_id"] for i in answer["identities"]] == \
+                    matching[index * limit:(index + 1) * limit], (filters, limit, index)
+                assert answer["pagination"] == {"page_index": index, "page_limit": limit,
+                                                "total_count": len(matching)}
+
+
 @pytest.mark.parametrize("path", ["updateidentity", "updateidenity"])
 def test_update_replaces_present_fields_wholesale(server, path):
     group = server.post("createpermission", {"permission_name": uid("upd")}).json["permission_id"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -19,7 +20,7 @@ from sophon_face.tools.bulk_import import (EXIT_FAILURES, EXIT_OK, EXIT_STOPPED,
                                            ImportOptions)
 from sophon_face.tools.import_sources import read_source
 from sophon_face.tools.journal import Journal
-from sophon_face.tools.targets import TargetUnavailable
+from sophon_face.tools.targets import TargetUnavailable, _error_of
 
 TEST_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -37,11 +38,13 @@ class MemoryTarget:
         self.groups: Dict[str, Dict[str, Any]] = {}
         self.faults: List[str] = []
         self.calls = 0
+        self.call_times: List[float] = []
         self.settled = 0
         self._ids = itertools.count(1)
 
     def _fault(self) -> Optional[str]:
         self.calls += 1
+        self.call_times.append(time.monotonic())
         return self.faults.pop(0) if self.faults else None
 
     def _face(self, body: Dict[str, Any]) -> Tuple[str, str]:
@@ -59,6 +62,8 @@ class MemoryTarget:
     def _before(self, fault: Optional[str]) -> None:
         if fault == "busy":
             raise ServiceBusy()
+        if fault == "busy, retry after 0.4 s":
+            raise ServiceBusy(retry_after_s=0.4)
         if fault == "down":
             raise TargetUnavailable("connection refused", sent=False)
         if fault == "full":
@@ -170,6 +175,22 @@ def test_a_busy_daemon_is_retried(tree, tmp_path):
     summary = _run(tree, target, tmp_path / "j.jsonl", concurrency=2)
     assert _faces(target) == _expected(tree)
     assert summary.exit_code == EXIT_OK and summary.reconciled == 0
+
+
+def test_a_busy_daemons_retry_after_is_honoured(tree, tmp_path):
+    target = MemoryTarget()
+    target.faults = ["busy, retry after 0.4 s"]
+    summary = _run(tree, target, tmp_path / "j.jsonl")  # back-off of 0 s: Retry-After rules
+    assert summary.exit_code == EXIT_OK and _faces(target) == _expected(tree)
+    assert target.call_times[1] - target.call_times[0] >= 0.4
+
+
+def test_retry_after_reaches_the_importer_from_a_503():
+    envelope = b'{"error": {"code": "INTERNAL_ERROR", "message": "server busy"}}'
+    assert _error_of(503, envelope, "3").retry_after_s == 3.0
+    for header in (None, "Wed, 21 Oct 2026 07:28:00 GMT", "-1", "nan", "inf"):
+        busy = _error_of(503, envelope, header)
+        assert isinstance(busy, ServiceBusy) and busy.retry_after_s is None
 
 
 def test_an_unreachable_daemon_stops_the_run_and_resume_finishes(tree, tmp_path):
