@@ -181,7 +181,7 @@ class IdentityService:
                                        lambda skip: identities.iter_in_order(txn, skip),
                                        page_limit, page_index)
             else:
-                candidates = identities.iter_named_in_order(txn, needle)
+                candidates = identities.named_in_order(txn, needle)
             return page_of((r for r in candidates if matches(r)), page_limit, page_index)
 
         records, pagination = await self._store.read(scan)

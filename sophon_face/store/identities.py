@@ -95,16 +95,21 @@ def iter_in_order(txn: Txn, skip: int = 0) -> Iterator[Dict[str, Any]]:
         yield codec.unpack(KIND, data)
 
 
-def iter_named_in_order(txn: Txn, needle: str) -> Iterator[Dict[str, Any]]:
+def named_in_order(txn: Txn, needle: str) -> List[Dict[str, Any]]:
     """The identities whose lower-cased name contains ``needle`` (already lower-cased),
-    oldest first: getidentities' name filter. Records that cannot match are skipped
-    without being decoded (name_filter.py says why that is exact)."""
+    oldest first: getidentities' name filter. Every record is looked at in key order (no
+    lookup per identity) and those that cannot match are skipped without being decoded
+    (name_filter.py says why that is exact); the matches are sorted into creation order."""
     name_filter = NameFilter(needle)
-    for data in _records_in_order(txn):
+    matches = []
+    cursor = txn.raw.cursor(db=txn.dbs.identities)
+    for data in cursor.iternext(keys=False, values=True):
         if name_filter.may_match(data):
             record = codec.unpack(KIND, data)
             if name_filter.matches(record["identity_name"]):
-                yield record
+                matches.append(record)
+    matches.sort(key=lambda record: record["seq"])
+    return matches
 
 
 def _records_in_order(txn: Txn, skip: int = 0) -> Iterator[bytes]:
