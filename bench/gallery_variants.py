@@ -439,14 +439,14 @@ class CompactGallery:
 def prototype_load(txn: Any, dim: int) -> CompactGallery:
     """The rebuild a CompactGallery needs, over today's LMDB layout (faces.py: records,
     then the feature blocks in slot order)."""
-    from sophon_face.store import faces, keys
+    from sophon_face.store import faces, feature_blocks, keys
 
     index = faces.gallery_index(txn)
     order = np.argsort(index.slots, kind="stable")
     order = order[index.dims[order] == dim]
     matrix = np.empty((len(order), dim), dtype=np.float32)
     i = 0
-    for chunk in faces.iter_feature_rows(txn, dim, index.slots[order]):
+    for chunk in feature_blocks.iter_feature_rows(txn, dim, index.slots[order]):
         matrix[i:i + len(chunk)] = chunk
         i += len(chunk)
     key_bytes = b"".join(index.keys[j] for j in order.tolist())

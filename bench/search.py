@@ -60,7 +60,7 @@ from measure import (DEVSET_DIR, IMAGE_SUFFIXES, PROJECT_DIR, RESULTS_DIR, TEST_
                      CpuShare, Stats, describe_machine, machine, markdown_table, memory_of, mib,
                      ratio, save_results)
 
-from sophon_face.store import faces, identities, keys, permissions
+from sophon_face.store import faces, feature_blocks, identities, keys, permissions
 from sophon_face.store import gallery_library
 from sophon_face.store.env import Store, Txn
 from sophon_face.store.gallery import AddFace, Gallery
@@ -431,7 +431,7 @@ def reference_of(txn: Txn, dim: int) -> Tuple[np.ndarray, List[bytes], np.ndarra
     order = np.argsort(index.slots, kind="stable")
     matrix = np.empty((len(order), dim), dtype=np.float32)
     start = 0
-    for chunk in faces.iter_feature_rows(txn, dim, index.slots[order]):
+    for chunk in feature_blocks.iter_feature_rows(txn, dim, index.slots[order]):
         matrix[start:start + len(chunk)] = chunk
         start += len(chunk)
     # The gallery's own routine, so both sides score the very same unit rows.

@@ -99,7 +99,7 @@ def unpack(kind: str, data: bytes) -> Dict[str, Any]:
 
 def pack_list(values: Any) -> bytes:
     """A plain msgpack list, without a schema version: for parts of a record whose layout
-    the store layout version covers (the owners of a feature block, faces.py)."""
+    the store layout version covers (the owners of a feature block, feature_blocks.py)."""
     return msgpack.packb(values, use_bin_type=True, unicode_errors="surrogatepass")
 
 

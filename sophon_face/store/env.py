@@ -61,8 +61,8 @@ DB_NAMES: Tuple[str, ...] = (
     "identity_order",    # seq key -> identity key (creation order, for getidentities)
     "group_members",     # permission key -> identity keys (dupsort; identities.py keeps it)
     "faces",             # face key (16-byte UUID) -> face record (its feature's slot)
-    "features",          # dim + block number -> feature rows of that block (faces.py)
-    "feature_free",      # dim + slot number -> b"" for each free feature slot (faces.py)
+    "features",          # dim + block number -> feature rows of that block (feature_blocks.py)
+    "feature_free",      # dim + slot number -> b"" for each free feature slot (feature_blocks.py)
     "images",            # register image key (16-byte UUID) -> JPEG bytes as received
     "permissions",       # permission key -> permission record
     "permission_names",  # permission name key -> permission key (names are unique)

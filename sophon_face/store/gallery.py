@@ -43,7 +43,7 @@ from typing import Any, FrozenSet, Iterable, List, NamedTuple, Optional, Tuple, 
 
 import numpy as np
 
-from sophon_face.store import faces, identities
+from sophon_face.store import faces, feature_blocks, identities
 from sophon_face.store.codec import StoreFormatError
 from sophon_face.store.env import Txn
 from sophon_face.store.gallery_groups import EMPTY_GROUPS
@@ -283,21 +283,21 @@ class Gallery:
         start (``Store.open``) or on the writer thread (``Store.reload_gallery``).
         """
         dim = self._dim
-        other_dims = [d for d in faces.feature_dims(txn) if d != dim]
+        other_dims = [d for d in feature_blocks.feature_dims(txn) if d != dim]
         if other_dims:
             self._refuse_other_dims(txn, other_dims)
-        slots = faces.next_slot(txn, dim)
+        slots = feature_blocks.next_slot(txn, dim)
         codes = np.empty((slots, dim), dtype=np.int8)
         scale = np.empty(slots, dtype=np.float32)
         resid = np.empty(slots, dtype=np.float32)
         # Face key and identity id per row (never None once the checks below pass).
         row_keys: List[Any] = []
         row_identities: List[Any] = []
-        per_block = faces.rows_per_block(dim)
+        per_block = feature_blocks.rows_per_block(dim)
         chunk = np.empty((max(1, LOAD_CHUNK_ROWS // per_block) * per_block, dim),
                          dtype=np.float32)
         filled = done = 0
-        for block in faces.iter_blocks(txn, dim):
+        for block in feature_blocks.iter_blocks(txn, dim):
             owners = block.owners
             if None in owners.identity_ids:  # free rows: only after deletions
                 used = [row for row, identity in enumerate(owners.identity_ids)
@@ -317,7 +317,7 @@ class Gallery:
                 done = _quantise_chunk(chunk[:filled], codes, scale, resid, done)
                 filled = 0
         done = _quantise_chunk(chunk[:filled], codes, scale, resid, done)
-        if done != faces.count(txn) or done != slots - faces.free_slot_count(txn, dim) \
+        if done != faces.count(txn) or done != slots - feature_blocks.free_slot_count(txn, dim) \
                 or done != len(row_keys) or None in row_keys:
             log.warning("feature blocks and face records disagree (%d faces in the blocks, "
                         "%d records); matching them face by face", done, faces.count(txn))
@@ -332,7 +332,7 @@ class Gallery:
                  self._scan.kernel)
 
     def _refuse_other_dims(self, txn: Txn, other_dims: List[int]) -> None:
-        found = {d: faces.count_owned(txn, d) for d in other_dims}
+        found = {d: feature_blocks.count_owned(txn, d) for d in other_dims}
         found = {d: count for d, count in found.items() if count}
         if found:
             listed = ", ".join(f"{count} of dimension {d}" for d, count in sorted(found.items()))
@@ -347,13 +347,13 @@ class Gallery:
         A slot handed out but neither used nor freed is left out; a face whose slot is free
         or shared with another face is refused."""
         index = faces.gallery_index(txn)
-        slots = faces.used_slots(txn, self._dim)
+        slots = feature_blocks.used_slots(txn, self._dim)
         rank = _slot_ranks(slots, index.slots)  # face -> its row
         codes = np.empty((len(slots), self._dim), dtype=np.int8)
         scale = np.empty(len(slots), dtype=np.float32)
         resid = np.empty(len(slots), dtype=np.float32)
         start = 0
-        for chunk in faces.iter_feature_rows(txn, self._dim, slots, LOAD_CHUNK_ROWS):
+        for chunk in feature_blocks.iter_feature_rows(txn, self._dim, slots, LOAD_CHUNK_ROWS):
             start = _quantise_chunk(chunk, codes, scale, resid, start)
         if len(rank) != len(slots):
             log.warning("%d feature slots hold no face; left out of the gallery",

@@ -15,8 +15,9 @@ Three key shapes exist:
   accept ``"{...}"``, upper case or hex without dashes as the same key.
 * **Sequence numbers** (creation order) and event ids: 8-byte big-endian unsigned integers,
   so that LMDB's bytewise key order is numeric order.
-* **Feature blocks and slots** (faces.py): the feature dimension (2 bytes) then the block or
-  slot number (4 bytes), big-endian, so one dimension's blocks are contiguous and in order.
+* **Feature blocks and slots** (feature_blocks.py): the feature dimension (2 bytes) then the
+  block or slot number (4 bytes), big-endian, so one dimension's blocks are contiguous and in
+  order.
 """
 
 from __future__ import annotations
@@ -128,12 +129,12 @@ def meta_key(name: str) -> bytes:
 
 
 def feature_block_key(dim: int, block: int) -> bytes:
-    """Key of a block of feature rows of dimension ``dim`` (faces.py)."""
+    """Key of a block of feature rows of dimension ``dim`` (feature_blocks.py)."""
     return _DIM_NUMBER.pack(dim, block)
 
 
 def feature_slot_key(dim: int, slot: int) -> bytes:
-    """Key of a free feature slot of dimension ``dim`` (faces.py)."""
+    """Key of a free feature slot of dimension ``dim`` (feature_blocks.py)."""
     return _DIM_NUMBER.pack(dim, slot)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import lmdb
 
-from sophon_face.store import codec, faces, keys, meta
+from sophon_face.store import codec, faces, feature_blocks, keys, meta
 from sophon_face.durable import fsync_dir, remove_if_present
 from sophon_face.store.env import DB_NAMES, DUPSORT_DBS, Databases, Txn
 
@@ -211,7 +211,7 @@ def _check_free_space(path: str, txn: Txn) -> None:
     if cursor.first():
         dim = faces.decode(cursor.value()).dim  # one recognizer: one dimension
         # A block's whole pages (rows and owners) shared by its rows, and the record.
-        per_face = ((faces.FEATURE_BLOCK_BYTES + 16) // faces.rows_per_block(dim)
+        per_face = ((feature_blocks.FEATURE_BLOCK_BYTES + 16) // feature_blocks.rows_per_block(dim)
                     + FACE_OVERHEAD_BYTES)
         needed += faces.count(txn) * per_face * 11 // 10
     free = shutil.disk_usage(path).free

@@ -55,5 +55,6 @@ def _lowercase_sources() -> Dict[str, FrozenSet[str]]:
         if lowered != char:
             for part in lowered:
                 sources.setdefault(part, set()).add(char)
-    sources.setdefault("\u03c2", set()).add("\u03a3")  # final sigma: "ΟΔΟΣ".lower() ends in "ς"
+    # Final sigma: "ΟΔΟΣ".lower() ends in "ς", which "Σ".lower() alone never gives.
+    sources.setdefault("\u03c2", set()).add("\u03a3")
     return {part: frozenset(chars) for part, chars in sources.items()}

@@ -19,8 +19,8 @@ import pytest
 
 from sophon_face.errors import GroupLenError, IdNotFound, InsufficientSpaceLeft, NameRepeatError
 from sophon_face.store import (
-    AddFace, Gallery, SetGroups, Store, StoreClosed, codec, faces, identities, images, keys,
-    meta, permissions,
+    AddFace, Gallery, SetGroups, Store, StoreClosed, codec, faces, feature_blocks, identities,
+    images, keys, meta, permissions,
 )
 
 DIM = 8
@@ -327,7 +327,7 @@ def test_features_live_in_blocks_beside_small_records(store_factory):
     record needs an overflow page (a 512-d feature inline used to take a 4 KB page per
     face)."""
     dim = 512
-    per_block = faces.rows_per_block(dim)
+    per_block = feature_blocks.rows_per_block(dim)
     rng = np.random.default_rng(21)
     count = per_block + 5  # spills into a second block
     records = [faces.make_record(str(uuid.uuid4()), f"p{i}", str(uuid.uuid4()),
@@ -343,7 +343,7 @@ def test_features_live_in_blocks_beside_small_records(store_factory):
 
     def owner_of(txn, slot):
         block = txn.raw.get(keys.feature_block_key(dim, slot // per_block), db=txn.dbs.features)
-        face_keys, identity_ids = msgpack.unpackb(block[faces.block_bytes(dim):])
+        face_keys, identity_ids = msgpack.unpackb(block[feature_blocks.block_bytes(dim):])
         return face_keys[slot % per_block], identity_ids[slot % per_block]
 
     async def scenario():
@@ -354,7 +354,7 @@ def test_features_live_in_blocks_beside_small_records(store_factory):
             await store.write(lambda t, r=record: (faces.put(t, r), None))
         slots = await store.read(lambda t: [slot_of(t, r["face_id"]) for r in records])
         stats = await store.read(lambda t: (t.raw.stat(t.dbs.faces), t.raw.stat(t.dbs.features),
-                                            faces.next_slot(t, dim)))
+                                            feature_blocks.next_slot(t, dim)))
         victim = records[3]
         await store.write(lambda t: (faces.delete(t, victim["face_id"]), None))
         zeroed = await store.read(lambda t: (row_of(t, slots[3]).copy(), owner_of(t, slots[3]),
