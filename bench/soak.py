@@ -237,11 +237,12 @@ def curve_table(samples: List[Dict[str, Any]], every_s: float) -> str:
                      s["fds"], s["threads"], s.get("device_events_recorded"), s["events_device"],
                      s["events_all"],
                      s["api"]["ok"], sum(s["api"]["errors"].values()),
-                     s["frames_analysed"], s["data_mib"], s["cpu"].get("others_cores")])
+                     s["frames_analysed"], s["data_mib"], s.get("lmdb_mib"),
+                     s["cpu"].get("others_cores")])
     return markdown_table(["min", "RSS MiB", "anon MiB", "file MiB", "fds", "threads",
                            "device events recorded", "device events stored", "events stored",
                            "API ok (interval)",
-                           "API errors (interval)", "frames analysed", "data MiB",
+                           "API errors (interval)", "frames analysed", "data MiB", "LMDB file MiB",
                            "others' cores"], rows)
 
 
@@ -320,6 +321,8 @@ def main() -> int:
                 "device_events_recorded": dev.get("events"),  # since start; never capped
                 "device_state": dev.get("state"),
                 "data_mib": round(mib(tree_bytes(daemon.data_dir)), 1),
+                # The LMDB file: its touched pages are most of the file-backed RSS growth.
+                "lmdb_mib": round(mib(tree_bytes(daemon.data_dir / "lmdb")), 1),
                 "api": load.take(), "cpu": usage,
             }
             samples.append(sample)
