@@ -25,6 +25,8 @@ data directory.
    name ascii   ``filters.identity_name`` ``"ZHANG"`` (1 ASCII name in 8 has it)
    name cjk     ``filters.identity_name`` ``"王"`` (every Chinese name has it)
    name none    ``filters.identity_name`` ``"nobody"`` (no name has it)
+   name digits  ``filters.identity_name`` ``"123"`` (about 1 name in 90; every id and
+                face id holds digits, so only the name's own bytes can tell)
    ============ ================================================================
 
 Run (from the project root):
@@ -92,6 +94,7 @@ def queries(count: int, group_ids: List[str]) -> Dict[str, Dict[str, Any]]:
         "name ascii": {"filters": {"identity_name": "ZHANG"}, "page_limit": 10},
         "name cjk": {"filters": {"identity_name": "王"}, "page_limit": 10},
         "name none": {"filters": {"identity_name": "nobody"}, "page_limit": 10},
+        "name digits": {"filters": {"identity_name": "123"}, "page_limit": 10},
     }
 
 

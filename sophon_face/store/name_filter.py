@@ -2,8 +2,8 @@
 
 The filter is "the lower-cased needle is a substring of the lower-cased name". Decoding a
 msgpack record costs several times more than a byte search in it, so ``NameFilter`` first
-looks at the name's bytes inside the record and asks them, lower-cased as ASCII, for the
-needle's UTF-8.
+asks the record's bytes, lower-cased as ASCII, for the needle's UTF-8 and, when they hold
+it, asks the name's own bytes the same (the needle may be in an id or a face id instead).
 
 Finding the name: msgpack writes the key ``identity_name`` as the 14 bytes ``_NAME_KEY``
 followed by the value's str header and its UTF-8. Every identity record has that key, so
@@ -44,11 +44,16 @@ class NameFilter:
 
     def may_match(self, packed: bytes) -> bool:
         """False only when the name of the identity record ``packed`` cannot match."""
-        name = _name_bytes(packed)
-        if name is None:
-            return True
-        return (self._needle_bytes in name.lower()
-                or any(source in name for source in self._source_bytes))
+        # The whole record first: one pass, and most records fail it. The name's bytes are
+        # inside the record, so a miss there is a miss in the name.
+        if not self._may_hold(packed):
+            return False
+        name = _name_bytes(packed)  # the needle may be in another field: ask the name alone
+        return name is None or self._may_hold(name)
+
+    def _may_hold(self, data: bytes) -> bool:
+        return (self._needle_bytes in data.lower()
+                or any(source in data for source in self._source_bytes))
 
     def matches(self, name: str) -> bool:
         return self.needle in name.lower()
