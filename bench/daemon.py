@@ -27,6 +27,17 @@ REQUEST_TIMEOUT_S = 600.0
 HEALTH_TIMEOUT_S = 5.0
 
 
+def git_snapshot(ref: str, dest: Path) -> Path:
+    """The tree of commit ``ref`` extracted into ``dest`` (``git archive``): the code a
+    daemon runs when a benchmark compares against a commit, or wants one while other
+    changes are half-made in the working tree."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", ref], cwd=str(PROJECT_DIR),
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
 def merged_settings(base: Dict[str, Any], extra: Dict[str, Any]) -> Dict[str, Any]:
     """``extra`` over ``base``, section by section (nested dicts merged, the rest replaced)."""
     out = dict(base)

@@ -42,7 +42,6 @@ import json
 import logging
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +51,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from daemon import BASE, DaemonProcess
+from daemon import BASE, DaemonProcess, git_snapshot
 from measure import (MODEL_CACHE, PROJECT_DIR, CpuShare, machine, markdown_table, process_cpu_s,
                      progress, ratio, save_results)
 
@@ -115,15 +114,6 @@ def measure(daemon: DaemonProcess, body: Dict[str, Any], repeat: int) -> Tuple[f
     return cpu_ms, statistics.median(walls), answer
 
 
-def baseline_tree(ref: str, work: Path) -> Path:
-    dest = work / "baseline-src"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", ref], cwd=str(PROJECT_DIR),
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--identities", type=int, default=20000)
@@ -150,7 +140,7 @@ def main() -> int:
                  time.perf_counter() - started)
         shutil.copytree(str(work / "working" / "data"), str(work / "baseline" / "data"))
         daemons["working"] = DaemonProcess(work / "working")
-        daemons["baseline"] = DaemonProcess(work / "baseline", src=baseline_tree(args.baseline, work))
+        daemons["baseline"] = DaemonProcess(work / "baseline", src=git_snapshot(args.baseline, work / "baseline-src"))
         cpu = CpuShare([d.pid for d in daemons.values()]).start()
         results: Dict[str, Dict[str, List[Tuple[float, float]]]] = {}
         for round_ in range(args.rounds):

@@ -77,7 +77,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from daemon import BASE, DaemonProcess, merged_settings
+from daemon import BASE, DaemonProcess, git_snapshot, merged_settings
 from measure import (DEVSET_DIR, IMAGE_SUFFIXES, MODEL_CACHE, PROJECT_DIR, TEST_DATA_DIR,
                      CpuShare, describe_machine, machine, markdown_table, process_cpu_s,
                      progress, ratio, save_results)
@@ -110,11 +110,7 @@ def source_tree(which: str, work: Path) -> Path:
     working tree. Call it before anything imports ``sophon_face``."""
     if which == "working":
         return PROJECT_DIR
-    dest = work / "src"
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", "HEAD"], cwd=str(PROJECT_DIR),
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    dest = git_snapshot("HEAD", work / "src")
     sys.path.insert(0, str(dest))
     return dest
 

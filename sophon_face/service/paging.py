@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Dict, Iterable, Iterator, List, Tuple, TypeVar
 
 T = TypeVar("T")
@@ -32,12 +33,7 @@ def page_of_counted(total: int, items_after: Callable[[int], Iterator[T]], page_
     start at any position (``items_after(skip)``): reads the page's items only."""
     limit = min(page_limit, MAX_PAGE_LIMIT)
     start = page_index * limit
-    page: List[T] = []
-    if start < total:
-        for item in items_after(start):
-            page.append(item)
-            if len(page) == limit:
-                break
+    page = list(itertools.islice(items_after(start), limit)) if start < total else []
     return page, _pagination(page_index, limit, total)
 
 

@@ -133,11 +133,13 @@ def _error_of(status: int, data: bytes, retry_after: Optional[str] = None) -> Ex
 
 def _seconds(retry_after: Optional[str]) -> Optional[float]:
     """A ``Retry-After`` in seconds; None for none, an HTTP date or anything else."""
+    if retry_after is None:
+        return None
     try:
-        value = float(retry_after) if retry_after is not None else None
+        value = float(retry_after)
     except ValueError:
         return None
-    return value if value is not None and 0 <= value < float("inf") else None
+    return value if 0 <= value < float("inf") else None  # NaN fails both
 
 
 class HttpTarget:
